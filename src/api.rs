@@ -1,0 +1,100 @@
+//! The SQL functions: thin wrappers that parse arguments, call the sync pipeline and turn its
+//! errors into Postgres ERRORs.
+
+use crate::error::OrRaise;
+use crate::sync::{self, NewSyncedTable, SyncReport};
+use pgrx::datum::Interval;
+use pgrx::prelude::*;
+use pgrx::JsonB;
+
+type SyncRow = (
+    name!(target, String),
+    name!(source, String),
+    name!(mode, String),
+    name!(delta_version, i64),
+    name!(rows_loaded, i64),
+    name!(rows_skipped, i64),
+    name!(duration, Interval),
+    name!(message, String),
+);
+
+fn row(r: SyncReport) -> TableIterator<
+    'static,
+    (
+        name!(target, String),
+        name!(source, String),
+        name!(mode, String),
+        name!(delta_version, i64),
+        name!(rows_loaded, i64),
+        name!(rows_skipped, i64),
+        name!(duration, Interval),
+        name!(message, String),
+    ),
+> {
+    let micros = i64::try_from(r.duration.as_micros()).unwrap_or(i64::MAX);
+    TableIterator::once((
+        r.target,
+        r.source,
+        r.mode,
+        r.delta_version,
+        r.rows_loaded,
+        r.rows_skipped,
+        Interval::from_micros(micros),
+        r.message,
+    ))
+}
+
+/// Creates `target` from the Delta table at `source`, records the spec and runs the first sync.
+#[pg_extern(volatile, parallel_unsafe)]
+fn create_synced_table(
+    target: &str,
+    source: &str,
+    primary_key: default!(Option<Vec<String>>, "NULL"),
+    mode: default!(&str, "'snapshot'"),
+    options: default!(JsonB, "'{}'"),
+) -> TableIterator<
+    'static,
+    (
+        name!(target, String),
+        name!(source, String),
+        name!(mode, String),
+        name!(delta_version, i64),
+        name!(rows_loaded, i64),
+        name!(rows_skipped, i64),
+        name!(duration, Interval),
+        name!(message, String),
+    ),
+> {
+    row(sync::create(NewSyncedTable {
+        target,
+        source,
+        primary_key: primary_key.unwrap_or_default(),
+        mode,
+        options: options.0,
+    })
+    .or_raise())
+}
+
+/// Syncs `target` now, in this backend and transaction.
+#[pg_extern(volatile, parallel_unsafe)]
+fn sync_now(target: &str) -> TableIterator<
+    'static,
+    (
+        name!(target, String),
+        name!(source, String),
+        name!(mode, String),
+        name!(delta_version, i64),
+        name!(rows_loaded, i64),
+        name!(rows_skipped, i64),
+        name!(duration, Interval),
+        name!(message, String),
+    ),
+> {
+    row(sync::sync_now(target).or_raise())
+}
+
+/// Forgets the spec of `target`; drops the table too when `drop_data`.
+#[pg_extern(volatile, parallel_unsafe)]
+fn drop_synced_table(target: &str, drop_data: default!(bool, "false")) -> bool {
+    sync::drop(target, drop_data).or_raise()
+}

@@ -1,0 +1,26 @@
+//! The target table a new synced table gets: the Delta columns with their mapped types and the
+//! primary key constraint.
+
+use crate::error::{LakeError, Result};
+use crate::plan::target::{quote_ident, TargetName};
+use crate::plan::ColumnsPlan;
+use pgrx::prelude::*;
+
+pub fn create_target(target: &TargetName, plan: &ColumnsPlan) -> Result<pg_sys::Oid> {
+    let mut cols: Vec<String> = plan
+        .columns
+        .iter()
+        .map(|c| format!("{} {}", quote_ident(&c.name), c.pg.sql()))
+        .collect();
+    if !plan.key.is_empty() {
+        let key: Vec<String> = plan.key.iter().map(|&k| quote_ident(&plan.columns[k].name)).collect();
+        cols.push(format!("PRIMARY KEY ({})", key.join(", ")));
+    }
+    let run = |sql: &str| {
+        Spi::run(sql).map_err(|e| LakeError::Internal(format!("cannot create the target table: {e}")))
+    };
+    run(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&target.schema)))?;
+    run(&format!("CREATE TABLE {} ({})", target.qualified(), cols.join(", ")))?;
+    crate::catalog::relation_oid(&target.qualified())?
+        .ok_or_else(|| LakeError::Internal("the new target table is not visible".into()))
+}

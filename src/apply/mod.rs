@@ -1,0 +1,5 @@
+//! Apply: write planned rows into Postgres — DDL for a new target, then the bulk load.
+
+pub mod copy;
+pub mod ddl;
+pub mod snapshot;

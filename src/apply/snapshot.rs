@@ -1,0 +1,103 @@
+//! SNAPSHOT apply: replace the target's contents with the source's rows, in the caller's
+//! transaction.
+//!
+//! The old rows are deleted and the new ones COPYed in the same transaction, so readers keep
+//! seeing the old contents (MVCC, no lock stronger than ROW EXCLUSIVE) until it commits, and
+//! then the new — never an empty or partial table. Indexes, grants and constraints are untouched.
+
+use super::copy::copy_from_stream;
+use crate::error::{LakeError, Result};
+use crate::plan::target::{quote_ident, TargetName};
+use crate::plan::ColumnsPlan;
+use crate::source::scan::ScanStream;
+use pgrx::prelude::*;
+use pgrx::{PgSqlErrorCode, PgTryBuilder};
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LoadResult {
+    pub inserted: u64,
+    pub deleted: u64,
+    /// Rows left out because their primary key holds a NULL.
+    pub skipped_null_key: u64,
+    /// Older rows of a key that timeseries_key replaced with a newer one.
+    pub superseded: u64,
+}
+
+pub fn load(
+    target: &TargetName,
+    relid: pg_sys::Oid,
+    plan: &ColumnsPlan,
+    stream: ScanStream,
+    replace_existing: bool,
+) -> Result<LoadResult> {
+    let mut result = LoadResult::default();
+    if replace_existing {
+        result.deleted = spi_count(&format!("DELETE FROM {}", target.qualified()))?;
+    }
+    let names: Vec<String> = plan.columns.iter().map(|c| c.name.clone()).collect();
+    match plan.timeseries {
+        None => {
+            let (n, stats) = copy_catching_duplicates(target, relid, &names, stream)?;
+            result.inserted = n;
+            result.skipped_null_key = stats.skipped_null_key;
+        }
+        Some(ts) => {
+            // Several rows per key: stage them all, keep the latest of each key.
+            let stage = "pg_temp.lakesync_stage";
+            let cols: Vec<String> = names.iter().map(|n| quote_ident(n)).collect();
+            let key: Vec<String> = plan.key.iter().map(|&k| cols[k].clone()).collect();
+            spi_count(&format!("DROP TABLE IF EXISTS {stage}"))?;
+            spi_count(&format!(
+                "CREATE TEMP TABLE lakesync_stage (LIKE {} INCLUDING DEFAULTS)",
+                target.qualified()
+            ))?;
+            let stage_oid = crate::catalog::relation_oid(stage)?
+                .ok_or_else(|| LakeError::Internal("staging table is not visible".into()))?;
+            let (staged, stats) = copy_from_stream(stage_oid, &names, stream)?;
+            result.inserted = spi_count(&format!(
+                "INSERT INTO {target} ({cols}) SELECT DISTINCT ON ({key}) {cols} FROM {stage} \
+                 ORDER BY {key}, {ts} DESC NULLS LAST",
+                target = target.qualified(),
+                cols = cols.join(", "),
+                key = key.join(", "),
+                ts = cols[ts],
+            ))?;
+            spi_count(&format!("DROP TABLE {stage}"))?;
+            result.skipped_null_key = stats.skipped_null_key;
+            result.superseded = staged - result.inserted;
+        }
+    }
+    Ok(result)
+}
+
+fn spi_count(sql: &str) -> Result<u64> {
+    Spi::connect_mut(|c| c.update(sql, None, &[]).map(|t| t.len() as u64))
+        .map_err(|e| LakeError::Internal(format!("{sql}: {e}")))
+}
+
+/// A unique violation during the load means the source repeats a key: say so in our words,
+/// naming the key, with the hint that fixes it.
+fn copy_catching_duplicates(
+    target: &TargetName,
+    relid: pg_sys::Oid,
+    names: &[String],
+    stream: ScanStream,
+) -> Result<(u64, crate::types::encode::EncodeStats)> {
+    let target_name = target.qualified();
+    PgTryBuilder::new(move || copy_from_stream(relid, names, stream))
+        .catch_when(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, |e| {
+            let detail = match &e {
+                pgrx::pg_sys::panic::CaughtError::PostgresError(r)
+                | pgrx::pg_sys::panic::CaughtError::ErrorReport(r) => r.detail().unwrap_or("").to_string(),
+                _ => String::new(),
+            };
+            // "Key (id)=(5) already exists."
+            let key = detail
+                .strip_prefix("Key ")
+                .and_then(|s| s.strip_suffix(" already exists."))
+                .unwrap_or(&detail)
+                .to_string();
+            Err(LakeError::DuplicateKey { target: target_name.clone(), key })
+        })
+        .execute()
+}

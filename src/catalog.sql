@@ -1,0 +1,58 @@
+-- The extension-owned catalog: one row per synced table, one row per sync run.
+CREATE SCHEMA lakesync;
+COMMENT ON SCHEMA lakesync IS 'pg_lakesync catalog: synced table specs and sync history';
+
+CREATE TABLE lakesync.synced_tables (
+    target             text PRIMARY KEY,
+    source             text NOT NULL,
+    mode               text NOT NULL CHECK (mode IN ('snapshot', 'triggered', 'continuous')),
+    primary_key        text[],
+    options            jsonb NOT NULL DEFAULT '{}',
+    owner              name NOT NULL DEFAULT current_user,
+    state              text NOT NULL DEFAULT 'new'
+                       CHECK (state IN ('new', 'synced', 'failed', 'needs_full_refresh')),
+    synced_version     bigint,
+    last_sync_started  timestamptz,
+    last_sync_finished timestamptz,
+    rows               bigint,
+    last_error         text,
+    created_at         timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE lakesync.synced_tables IS 'One row per synced table: its spec and its sync state';
+
+CREATE TABLE lakesync.sync_runs (
+    run_id        bigserial PRIMARY KEY,
+    target        text NOT NULL,
+    owner         name NOT NULL DEFAULT current_user,
+    started_at    timestamptz NOT NULL,
+    finished_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    from_version  bigint,
+    to_version    bigint,
+    rows_inserted bigint NOT NULL DEFAULT 0,
+    rows_updated  bigint NOT NULL DEFAULT 0,
+    rows_deleted  bigint NOT NULL DEFAULT 0,
+    rows_skipped  bigint NOT NULL DEFAULT 0,
+    change_source text,
+    status        text NOT NULL CHECK (status IN ('succeeded', 'failed')),
+    message       text
+);
+CREATE INDEX sync_runs_target_idx ON lakesync.sync_runs (target, run_id);
+COMMENT ON TABLE lakesync.sync_runs IS 'History of every sync run, successful or failed';
+
+-- Owner-based row security, as pg_cron does: every role sees and changes only its own specs
+-- and runs; superusers see all.
+ALTER TABLE lakesync.synced_tables ENABLE ROW LEVEL SECURITY;
+ALTER TABLE lakesync.sync_runs ENABLE ROW LEVEL SECURITY;
+CREATE POLICY synced_tables_owner ON lakesync.synced_tables
+    USING (owner = current_user) WITH CHECK (owner = current_user);
+CREATE POLICY sync_runs_owner ON lakesync.sync_runs
+    USING (owner = current_user) WITH CHECK (owner = current_user);
+GRANT USAGE ON SCHEMA lakesync TO PUBLIC;
+GRANT SELECT, INSERT, UPDATE, DELETE ON lakesync.synced_tables TO PUBLIC;
+GRANT SELECT, INSERT ON lakesync.sync_runs TO PUBLIC;
+GRANT USAGE ON SEQUENCE lakesync.sync_runs_run_id_seq TO PUBLIC;
+
+-- pg_dump keeps the specs and history (the synced data itself is dumped as an ordinary table).
+SELECT pg_catalog.pg_extension_config_dump('lakesync.synced_tables', '');
+SELECT pg_catalog.pg_extension_config_dump('lakesync.sync_runs', '');
+SELECT pg_catalog.pg_extension_config_dump('lakesync.sync_runs_run_id_seq', '');

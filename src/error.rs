@@ -1,0 +1,172 @@
+//! Every failure a user can meet, with its SQLSTATE, message and hint.
+//!
+//! Code below the SQL wrappers returns `LakeError`; only the wrappers turn it into an ERROR, so
+//! each failure is described once and the catalogue in the README mirrors this file.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
+use std::fmt;
+
+#[derive(Debug, Clone)]
+pub enum LakeError {
+    /// An argument or option is not acceptable.
+    InvalidParameter { message: String, hint: Option<String> },
+    /// A table or schema name that cannot be parsed.
+    InvalidName(String),
+    /// `target` is not a synced table.
+    NotSynced(String),
+    /// The target exists and belongs to somebody else's data.
+    TargetExists(String),
+    /// The source path or URI does not exist.
+    SourceNotFound(String),
+    /// The source exists but holds no Delta log.
+    NotDeltaTable(String),
+    /// A data file the log names is missing.
+    DataFileMissing { source: String, detail: String },
+    /// A data file or log entry could not be read or decoded.
+    Corrupt { source: String, detail: String },
+    /// A protocol feature, type or URI scheme we do not support.
+    Unsupported { message: String, hint: Option<String> },
+    /// A column named by the user is not in the source.
+    UndefinedColumn { table: String, column: String, hint: Option<String> },
+    /// Two source rows share a primary key.
+    DuplicateKey { target: String, key: String },
+    /// A NUL byte in a string, which Postgres text cannot hold.
+    NullByte { column: String, key: String },
+    /// A value that does not fit its Postgres column.
+    OutOfRange { column: String, key: String, detail: String },
+    /// The caller may not read server files or change this synced table.
+    Permission { message: String, hint: Option<String> },
+    /// Anything the Delta reader reports that has no better class.
+    Delta { source: String, detail: String },
+    /// A bug or an unexpected state of ours.
+    Internal(String),
+}
+
+pub type Result<T> = std::result::Result<T, LakeError>;
+
+impl LakeError {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        LakeError::InvalidParameter { message: message.into(), hint: None }
+    }
+
+    pub fn invalid_with_hint(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        LakeError::InvalidParameter { message: message.into(), hint: Some(hint.into()) }
+    }
+
+    pub fn sqlstate(&self) -> PgSqlErrorCode {
+        use PgSqlErrorCode::*;
+        match self {
+            LakeError::InvalidParameter { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
+            LakeError::InvalidName(_) => ERRCODE_INVALID_NAME,
+            LakeError::NotSynced(_) => ERRCODE_UNDEFINED_OBJECT,
+            LakeError::TargetExists(_) => ERRCODE_DUPLICATE_TABLE,
+            LakeError::SourceNotFound(_) => ERRCODE_UNDEFINED_FILE,
+            LakeError::NotDeltaTable(_) => ERRCODE_WRONG_OBJECT_TYPE,
+            LakeError::DataFileMissing { .. } => ERRCODE_UNDEFINED_FILE,
+            LakeError::Corrupt { .. } => ERRCODE_DATA_CORRUPTED,
+            LakeError::Unsupported { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
+            LakeError::UndefinedColumn { .. } => ERRCODE_UNDEFINED_COLUMN,
+            LakeError::DuplicateKey { .. } => ERRCODE_UNIQUE_VIOLATION,
+            LakeError::NullByte { .. } => ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
+            LakeError::OutOfRange { .. } => ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+            LakeError::Permission { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            LakeError::Delta { .. } => ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+            LakeError::Internal(_) => ERRCODE_INTERNAL_ERROR,
+        }
+    }
+
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            LakeError::InvalidParameter { hint, .. }
+            | LakeError::Unsupported { hint, .. }
+            | LakeError::UndefinedColumn { hint, .. }
+            | LakeError::Permission { hint, .. } => hint.clone(),
+            LakeError::NotSynced(_) => {
+                Some("lakesync.synced_tables lists the synced tables you own.".into())
+            }
+            LakeError::TargetExists(_) => Some(
+                "Choose another target name, or drop the existing table first.".into(),
+            ),
+            LakeError::NotDeltaTable(_) => {
+                Some("A Delta table is a directory holding a _delta_log directory.".into())
+            }
+            LakeError::DuplicateKey { .. } => Some(
+                "Choose a primary key that is unique in the source, or set option \
+                 \"timeseries_key\" to keep the latest row of each key."
+                    .into(),
+            ),
+            LakeError::NullByte { .. } => Some(
+                "Postgres text cannot hold NUL bytes; set option \"null_bytes\" to \"strip\" \
+                 to remove them."
+                    .into(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// Raises this error as a Postgres ERROR. Never returns.
+    pub fn raise(&self) -> ! {
+        let mut report = ErrorReport::new(self.sqlstate(), self.to_string(), "pg_lakesync");
+        if let Some(h) = self.hint() {
+            report = report.set_hint(h);
+        }
+        report.report(PgLogLevel::ERROR);
+        unreachable!("ERROR returned")
+    }
+}
+
+impl fmt::Display for LakeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LakeError::InvalidParameter { message, .. } => write!(f, "{message}"),
+            LakeError::InvalidName(m) => write!(f, "{m}"),
+            LakeError::NotSynced(t) => write!(f, "\"{t}\" is not a synced table"),
+            LakeError::TargetExists(t) => {
+                write!(f, "table \"{t}\" already exists and is not a synced table")
+            }
+            LakeError::SourceNotFound(s) => write!(f, "Delta table source \"{s}\" does not exist"),
+            LakeError::NotDeltaTable(s) => write!(f, "\"{s}\" is not a Delta table (no _delta_log)"),
+            LakeError::DataFileMissing { source, detail } => {
+                write!(f, "a data file of Delta table \"{source}\" is missing: {detail}")
+            }
+            LakeError::Corrupt { source, detail } => {
+                write!(f, "Delta table \"{source}\" could not be read: {detail}")
+            }
+            LakeError::Unsupported { message, .. } => write!(f, "{message}"),
+            LakeError::UndefinedColumn { table, column, .. } => {
+                write!(f, "column \"{column}\" does not exist in Delta table \"{table}\"")
+            }
+            LakeError::DuplicateKey { target, key } => write!(
+                f,
+                "duplicate primary key {key} in the source of synced table \"{target}\""
+            ),
+            LakeError::NullByte { column, key } => write!(
+                f,
+                "column \"{column}\" of the row with key {key} contains a NUL byte (0x00)"
+            ),
+            LakeError::OutOfRange { column, key, detail } => {
+                write!(f, "value of column \"{column}\" in the row with key {key} is out of range: {detail}")
+            }
+            LakeError::Permission { message, .. } => write!(f, "{message}"),
+            LakeError::Delta { source, detail } => {
+                write!(f, "reading Delta table \"{source}\" failed: {detail}")
+            }
+            LakeError::Internal(m) => write!(f, "pg_lakesync internal error: {m}"),
+        }
+    }
+}
+
+/// Raises the error of a failed step; used by the SQL wrappers.
+pub trait OrRaise<T> {
+    fn or_raise(self) -> T;
+}
+
+impl<T> OrRaise<T> for Result<T> {
+    fn or_raise(self) -> T {
+        match self {
+            Ok(v) => v,
+            Err(e) => e.raise(),
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! pg_lakesync: keep Postgres tables in sync with Delta Lake tables.
+//!
+//! The pipeline reads as its folders: `source` (Delta log and data) → `plan` (columns, key,
+//! names) → `apply` (DDL and bulk load) → `record` (catalog and run history). `types` holds the
+//! whole Delta → Postgres type mapping; `api` the SQL functions.
+
+use pgrx::prelude::*;
+
+::pgrx::pg_module_magic!(name, version);
+
+mod api;
+mod apply;
+mod catalog;
+mod error;
+mod offload;
+mod options;
+mod plan;
+mod record;
+mod source;
+mod subxact;
+mod sync;
+mod types;
+
+#[cfg(any(test, feature = "pg_test"))]
+mod tests;
+
+extension_sql_file!("catalog.sql", name = "catalog", bootstrap);
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

@@ -1,0 +1,149 @@
+//! The `options` jsonb of a synced table, parsed and validated once.
+
+use crate::error::{LakeError, Result};
+use serde_json::Value;
+
+pub const KNOWN_OPTIONS: &[&str] = &["version", "columns", "timeseries_key", "null_bytes"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NullBytes {
+    /// A NUL byte in a string fails the sync, naming column and key.
+    Error,
+    /// NUL bytes are removed from strings.
+    Strip,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncOptions {
+    /// Pin the sync to this Delta version (time travel); latest when absent.
+    pub version: Option<i64>,
+    /// Sync only these source columns, in this order; all when absent.
+    pub columns: Option<Vec<String>>,
+    /// Among rows sharing a primary key keep the one with the greatest value of this column.
+    pub timeseries_key: Option<String>,
+    pub null_bytes: NullBytes,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions { version: None, columns: None, timeseries_key: None, null_bytes: NullBytes::Error }
+    }
+}
+
+impl SyncOptions {
+    pub fn parse(value: &Value) -> Result<Self> {
+        let obj = match value {
+            Value::Null => return Ok(SyncOptions::default()),
+            Value::Object(o) => o,
+            other => {
+                return Err(LakeError::invalid(format!(
+                    "options must be a JSON object, not {}",
+                    json_kind(other)
+                )))
+            }
+        };
+        let mut opts = SyncOptions::default();
+        for (key, v) in obj {
+            match key.as_str() {
+                "version" => {
+                    let n = v.as_i64().filter(|n| *n >= 0).ok_or_else(|| {
+                        LakeError::invalid(format!(
+                            "option \"version\" must be a non-negative integer, not {v}"
+                        ))
+                    })?;
+                    opts.version = Some(n);
+                }
+                "columns" => {
+                    let arr = v.as_array().filter(|a| !a.is_empty()).ok_or_else(|| {
+                        LakeError::invalid(format!(
+                            "option \"columns\" must be a non-empty array of column names, not {v}"
+                        ))
+                    })?;
+                    let mut cols = Vec::with_capacity(arr.len());
+                    for c in arr {
+                        let name = c.as_str().filter(|s| !s.is_empty()).ok_or_else(|| {
+                            LakeError::invalid(format!(
+                                "option \"columns\" must hold column names (strings), not {c}"
+                            ))
+                        })?;
+                        if cols.iter().any(|x: &String| x == name) {
+                            return Err(LakeError::invalid(format!(
+                                "option \"columns\" names column \"{name}\" twice"
+                            )));
+                        }
+                        cols.push(name.to_string());
+                    }
+                    opts.columns = Some(cols);
+                }
+                "timeseries_key" => {
+                    let name = v.as_str().filter(|s| !s.is_empty()).ok_or_else(|| {
+                        LakeError::invalid(format!(
+                            "option \"timeseries_key\" must be a column name, not {v}"
+                        ))
+                    })?;
+                    opts.timeseries_key = Some(name.to_string());
+                }
+                "null_bytes" => {
+                    opts.null_bytes = match v.as_str() {
+                        Some("error") => NullBytes::Error,
+                        Some("strip") => NullBytes::Strip,
+                        _ => {
+                            return Err(LakeError::invalid_with_hint(
+                                format!("invalid value {v} for option \"null_bytes\""),
+                                "Valid values are \"error\" and \"strip\".",
+                            ))
+                        }
+                    }
+                }
+                other => {
+                    return Err(LakeError::invalid_with_hint(
+                        format!("unknown option \"{other}\""),
+                        format!("Valid options are: {}.", KNOWN_OPTIONS.join(", ")),
+                    ))
+                }
+            }
+        }
+        Ok(opts)
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The sync modes of Lakebase; only SNAPSHOT runs in this release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Snapshot,
+    Triggered,
+    Continuous,
+}
+
+impl Mode {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "snapshot" => Ok(Mode::Snapshot),
+            "triggered" => Ok(Mode::Triggered),
+            "continuous" => Ok(Mode::Continuous),
+            _ => Err(LakeError::invalid_with_hint(
+                format!("unknown sync mode \"{s}\""),
+                "Valid modes are snapshot, triggered and continuous.",
+            )),
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Mode::Snapshot => "snapshot",
+            Mode::Triggered => "triggered",
+            Mode::Continuous => "continuous",
+        }
+    }
+}

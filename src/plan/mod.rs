@@ -1,0 +1,92 @@
+//! Plan: from a Delta schema and a spec, decide the target's columns and key, before anything
+//! is written. Every mistake in the spec is found here.
+
+pub mod target;
+
+use crate::error::{LakeError, Result};
+use crate::options::SyncOptions;
+use crate::types::encode::ColumnPlan;
+use crate::types::{delta_type_name, pg_type_for};
+use delta_kernel::schema::StructType;
+use target::MAX_IDENT_BYTES;
+
+#[derive(Debug, Clone)]
+pub struct ColumnsPlan {
+    pub columns: Vec<ColumnPlan>,
+    /// Positions of the primary key columns in `columns`.
+    pub key: Vec<usize>,
+    /// Position of the timeseries_key column.
+    pub timeseries: Option<usize>,
+}
+
+pub fn plan_columns(
+    source: &str,
+    schema: &StructType,
+    opts: &SyncOptions,
+    primary_key: &[String],
+) -> Result<ColumnsPlan> {
+    let available = || {
+        let names: Vec<String> = schema.fields().map(|f| format!("\"{}\"", f.name())).collect();
+        Some(format!("The Delta table has columns {}.", names.join(", ")))
+    };
+    let selected: Vec<&str> = match &opts.columns {
+        Some(cols) => cols.iter().map(String::as_str).collect(),
+        None => schema.fields().map(|f| f.name().as_str()).collect(),
+    };
+    let mut columns = Vec::with_capacity(selected.len());
+    for name in &selected {
+        let field = schema.field(name).ok_or_else(|| LakeError::UndefinedColumn {
+            table: source.to_string(),
+            column: name.to_string(),
+            hint: available(),
+        })?;
+        if name.len() > MAX_IDENT_BYTES {
+            return Err(LakeError::InvalidName(format!(
+                "column \"{name}\" of Delta table \"{source}\" is longer than the {MAX_IDENT_BYTES} bytes a Postgres column name can have"
+            )));
+        }
+        let pg = pg_type_for(source, name, field.data_type())?;
+        columns.push(ColumnPlan { name: name.to_string(), delta_type: field.data_type().clone(), pg });
+    }
+    let position = |col: &str, role: &str| -> Result<usize> {
+        if let Some(i) = columns.iter().position(|c| c.name == col) {
+            return Ok(i);
+        }
+        if schema.field(col).is_some() {
+            Err(LakeError::invalid_with_hint(
+                format!("{role} column \"{col}\" is not among the synced columns"),
+                "Add it to option \"columns\".",
+            ))
+        } else {
+            Err(LakeError::UndefinedColumn { table: source.to_string(), column: col.to_string(), hint: available() })
+        }
+    };
+    let mut key = Vec::with_capacity(primary_key.len());
+    for k in primary_key {
+        let i = position(k, "primary key")?;
+        if key.contains(&i) {
+            return Err(LakeError::invalid(format!("primary key names column \"{k}\" twice")));
+        }
+        key.push(i);
+    }
+    let timeseries = match &opts.timeseries_key {
+        None => None,
+        Some(ts) => {
+            if key.is_empty() {
+                return Err(LakeError::invalid_with_hint(
+                    "option \"timeseries_key\" needs a primary key",
+                    "Pass primary_key => ARRAY['...'] to create_synced_table.",
+                ));
+            }
+            let i = position(ts, "timeseries_key")?;
+            if columns[i].pg == crate::types::PgType::Jsonb {
+                return Err(LakeError::invalid(format!(
+                    "timeseries_key column \"{ts}\" has type {}, which has no order",
+                    delta_type_name(&columns[i].delta_type)
+                )));
+            }
+            Some(i)
+        }
+    };
+    Ok(ColumnsPlan { columns, key, timeseries })
+}

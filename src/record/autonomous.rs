@@ -1,0 +1,116 @@
+//! Failure records that outlive the failed transaction.
+//!
+//! A failed sync raises an ERROR, which rolls back everything its transaction wrote — including
+//! a row saying that it failed. So the failure is written by a short-lived background worker in
+//! a transaction of its own, as the same role in the same database; the ERROR then proceeds.
+//! The record travels to the worker through a dynamic shared memory segment.
+
+use super::{insert_run, mark_failed, RunRecord};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::prelude::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize)]
+struct FailureMessage {
+    target: String,
+    /// Microseconds since 2000-01-01, Postgres' timestamptz.
+    started_pg_micros: i64,
+    from_version: Option<i64>,
+    change_source: Option<String>,
+    message: String,
+}
+
+/// Writes the failed run and the spec's failed state in a transaction of their own. Returns
+/// false (after a WARNING) when no worker could be started; the ERROR still reaches the caller.
+pub fn record_failure(run: &RunRecord) -> bool {
+    let msg = FailureMessage {
+        target: run.target.clone(),
+        started_pg_micros: timestamp_to_pg_micros(run.started),
+        from_version: run.from_version,
+        change_source: run.change_source.clone(),
+        message: run.message.clone().unwrap_or_default(),
+    };
+    let payload = serde_json::to_vec(&msg).expect("serializable");
+    unsafe {
+        let seg = pg_sys::dsm_create(payload.len() + 4, 0);
+        let addr = pg_sys::dsm_segment_address(seg) as *mut u8;
+        std::ptr::copy_nonoverlapping((payload.len() as u32).to_ne_bytes().as_ptr(), addr, 4);
+        std::ptr::copy_nonoverlapping(payload.as_ptr(), addr.add(4), payload.len());
+        let handle = pg_sys::dsm_segment_handle(seg);
+        let extra = format!("{} {}", u32::from(pg_sys::MyDatabaseId), u32::from(pg_sys::GetUserId()));
+        let worker = BackgroundWorkerBuilder::new("pg_lakesync failure recorder")
+            .set_type("pg_lakesync")
+            .set_library("pg_lakesync")
+            .set_function("lakesync_failure_recorder_main")
+            .enable_spi_access()
+            .set_start_time(pgrx::bgworkers::BgWorkerStartTime::RecoveryFinished)
+            .set_restart_time(None)
+            .set_argument(Some(pg_sys::Datum::from(handle)))
+            .set_extra(&extra)
+            .set_notify_pid(pg_sys::MyProcPid)
+            .load_dynamic();
+        let ok = match worker {
+            Ok(w) => w.wait_for_shutdown().is_ok(),
+            Err(_) => false,
+        };
+        pg_sys::dsm_detach(seg);
+        if !ok {
+            pgrx::warning!(
+                "pg_lakesync could not record the failed sync of \"{}\" in lakesync.sync_runs (no background worker slot free)",
+                run.target
+            );
+        }
+        ok
+    }
+}
+
+fn timestamp_to_pg_micros(t: pgrx::datum::TimestampWithTimeZone) -> i64 {
+    let d: pg_sys::Datum = t.into_datum().expect("timestamp datum");
+    d.value() as i64
+}
+
+/// Entry point of the recorder worker.
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn lakesync_failure_recorder_main(arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGTERM);
+    let mut ids = BackgroundWorker::get_extra().split_whitespace().map(|s| s.parse::<u32>().unwrap_or(0));
+    let (db, user) = (ids.next().unwrap_or(0), ids.next().unwrap_or(0));
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), Some(pg_sys::Oid::from(user)));
+    let msg: FailureMessage = unsafe {
+        let seg = pg_sys::dsm_attach(arg.value() as pg_sys::dsm_handle);
+        if seg.is_null() {
+            return; // the failed backend gave up waiting
+        }
+        let addr = pg_sys::dsm_segment_address(seg) as *const u8;
+        let mut len = [0u8; 4];
+        std::ptr::copy_nonoverlapping(addr, len.as_mut_ptr(), 4);
+        let bytes = std::slice::from_raw_parts(addr.add(4), u32::from_ne_bytes(len) as usize).to_vec();
+        pg_sys::dsm_detach(seg);
+        match serde_json::from_slice(&bytes) {
+            Ok(m) => m,
+            Err(_) => return,
+        }
+    };
+    BackgroundWorker::transaction(move || {
+        let started = unsafe {
+            pgrx::datum::TimestampWithTimeZone::from_datum(pg_sys::Datum::from(msg.started_pg_micros), false)
+                .expect("timestamp")
+        };
+        let run = RunRecord {
+            target: msg.target.clone(),
+            started,
+            from_version: msg.from_version,
+            to_version: None,
+            inserted: 0,
+            updated: 0,
+            deleted: 0,
+            skipped: 0,
+            change_source: msg.change_source.clone(),
+            succeeded: false,
+            message: Some(msg.message.clone()),
+        };
+        let _ = insert_run(&run);
+        let _ = mark_failed(&msg.target, started, &msg.message);
+    });
+}

@@ -1,0 +1,57 @@
+//! Record: the history of every sync in `lakesync.sync_runs`, and the failure state of a spec.
+
+pub mod autonomous;
+
+use crate::error::{LakeError, Result};
+use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
+use pgrx::prelude::*;
+
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    pub target: String,
+    pub started: TimestampWithTimeZone,
+    pub from_version: Option<i64>,
+    pub to_version: Option<i64>,
+    pub inserted: i64,
+    pub updated: i64,
+    pub deleted: i64,
+    pub skipped: i64,
+    pub change_source: Option<String>,
+    pub succeeded: bool,
+    pub message: Option<String>,
+}
+
+/// Inserts the run in the current transaction; returns its run_id.
+pub fn insert_run(r: &RunRecord) -> Result<i64> {
+    let args: Vec<DatumWithOid> = vec![
+        r.target.clone().into(),
+        r.started.into(),
+        r.from_version.into(),
+        r.to_version.into(),
+        r.inserted.into(),
+        r.updated.into(),
+        r.deleted.into(),
+        r.skipped.into(),
+        r.change_source.clone().into(),
+        (if r.succeeded { "succeeded" } else { "failed" }).into(),
+        r.message.clone().into(),
+    ];
+    Spi::get_one_with_args::<i64>(
+        "INSERT INTO lakesync.sync_runs (target, started_at, from_version, to_version, \
+         rows_inserted, rows_updated, rows_deleted, rows_skipped, change_source, status, message) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING run_id",
+        &args,
+    )
+    .map_err(|e| LakeError::Internal(format!("cannot record the sync run: {e}")))?
+    .ok_or_else(|| LakeError::Internal("cannot record the sync run".into()))
+}
+
+/// Marks a spec failed with the error's message, in the current transaction.
+pub fn mark_failed(target: &str, started: TimestampWithTimeZone, message: &str) -> Result<()> {
+    Spi::run_with_args(
+        "UPDATE lakesync.synced_tables SET state = 'failed', last_error = $2, \
+         last_sync_started = $3, last_sync_finished = clock_timestamp() WHERE target = $1",
+        &[target.into(), message.into(), started.into()],
+    )
+    .map_err(|e| LakeError::Internal(format!("cannot record the sync failure: {e}")))
+}

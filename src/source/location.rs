@@ -1,0 +1,126 @@
+//! Where a Delta table lives, as the user wrote it, and who may read it.
+
+use crate::error::{LakeError, Result};
+use pgrx::pg_sys;
+use url::Url;
+
+#[derive(Debug, Clone)]
+pub struct SourceLocation {
+    pub url: Url,
+}
+
+impl SourceLocation {
+    /// Accepts `file:///abs/path` or a plain absolute path. Object stores come in a later release.
+    pub fn parse(source: &str) -> Result<Self> {
+        let s = source.trim();
+        if s.is_empty() {
+            return Err(LakeError::invalid("source must not be empty"));
+        }
+        let url = if s.starts_with('/') {
+            Url::from_directory_path(s).map_err(|_| {
+                LakeError::invalid(format!("source \"{s}\" is not a valid absolute path"))
+            })?
+        } else {
+            let url = Url::parse(s).map_err(|_| {
+                LakeError::invalid_with_hint(
+                    format!("source \"{}\" is neither an absolute path nor a URI", mask(s)),
+                    "Write file:///absolute/path or /absolute/path.",
+                )
+            })?;
+            if url.scheme() != "file" {
+                return Err(LakeError::Unsupported {
+                    message: format!("source scheme \"{}\" is not supported yet", url.scheme()),
+                    hint: Some("This release reads file:// URIs and absolute paths.".into()),
+                });
+            }
+            let path = url.to_file_path().map_err(|_| {
+                LakeError::invalid(format!("source \"{}\" is not a valid file URI", mask(s)))
+            })?;
+            Url::from_directory_path(&path).map_err(|_| {
+                LakeError::invalid(format!("source \"{}\" is not a valid file URI", mask(s)))
+            })?
+        };
+        Ok(SourceLocation { url })
+    }
+
+    pub fn is_local_file(&self) -> bool {
+        self.url.scheme() == "file"
+    }
+
+    /// The location as shown in messages and views: never with credentials.
+    pub fn display(&self) -> String {
+        if self.is_local_file() {
+            if let Ok(p) = self.url.to_file_path() {
+                return p.to_string_lossy().trim_end_matches('/').to_string();
+            }
+        }
+        mask(self.url.as_str())
+    }
+
+    /// Fails fast, with a precise message, when a local table is not there.
+    pub fn check_exists(&self) -> Result<()> {
+        if !self.is_local_file() {
+            return Ok(());
+        }
+        let path = self
+            .url
+            .to_file_path()
+            .map_err(|_| LakeError::invalid(format!("\"{}\" is not a file path", self.display())))?;
+        match std::fs::metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(LakeError::SourceNotFound(self.display()))
+            }
+            Err(e) => Err(LakeError::Delta { source: self.display(), detail: e.to_string() }),
+            Ok(m) if !m.is_dir() => Err(LakeError::NotDeltaTable(self.display())),
+            Ok(_) if !path.join("_delta_log").is_dir() => Err(LakeError::NotDeltaTable(self.display())),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    /// Reading server files needs what COPY FROM a file needs: superuser or
+    /// pg_read_server_files. Runs in the backend.
+    pub fn check_access(&self) -> Result<()> {
+        if !self.is_local_file() {
+            return Ok(());
+        }
+        let allowed = unsafe {
+            pg_sys::superuser()
+                || pg_sys::has_privs_of_role(
+                    pg_sys::GetUserId(),
+                    pg_sys::Oid::from(pg_sys::ROLE_PG_READ_SERVER_FILES),
+                )
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(LakeError::Permission {
+                message: format!(
+                    "permission denied to read Delta table \"{}\" from the server's file system",
+                    self.display()
+                ),
+                hint: Some(
+                    "Only roles with privileges of the \"pg_read_server_files\" role may sync from \
+                     a server file path, as for COPY FROM a file."
+                        .into(),
+                ),
+            })
+        }
+    }
+}
+
+/// Hides the password of a URI (`scheme://user:secret@host` → `scheme://user:***@host`) and any
+/// query string, where signatures and tokens live.
+pub fn mask(s: &str) -> String {
+    match Url::parse(s) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            if u.query().is_some() {
+                u.set_query(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => s.to_string(),
+    }
+}

@@ -1,0 +1,128 @@
+//! Source: where a synced table's rows come from — a Delta table read with the delta kernel.
+//!
+//! Everything here runs off the backend's thread (see `offload`): it never calls Postgres.
+
+pub mod location;
+pub mod scan;
+
+use crate::error::{LakeError, Result};
+use delta_kernel::snapshot::SnapshotRef;
+use delta_kernel::{Engine, Snapshot};
+use location::SourceLocation;
+use std::sync::{Arc, OnceLock};
+
+/// One tokio runtime per backend, made on first use (after the fork from the postmaster).
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("lakesync-io")
+            .enable_all()
+            .build()
+            .expect("cannot start the pg_lakesync I/O runtime")
+    })
+}
+
+/// A Delta table opened at one version.
+pub struct DeltaSource {
+    pub location: SourceLocation,
+    pub engine: Arc<dyn Engine>,
+    pub snapshot: SnapshotRef,
+}
+
+impl DeltaSource {
+    pub fn version(&self) -> i64 {
+        self.snapshot.version() as i64
+    }
+}
+
+/// Opens the Delta table at `location`, at `version` or the latest.
+pub fn open(location: &SourceLocation, version: Option<i64>) -> Result<DeltaSource> {
+    location.check_exists()?;
+    let _guard = runtime().enter();
+    let log_store = deltalake::DeltaTableBuilder::from_url(location.url.clone())
+        .and_then(|b| b.build_storage())
+        .map_err(|e| LakeError::Delta { source: location.display(), detail: e.to_string() })?;
+    let engine = log_store.engine(None);
+    let root = log_store.root_url().clone();
+    let mut builder = Snapshot::builder_for(root.as_str());
+    if let Some(v) = version {
+        builder = builder.at_version(v as u64);
+    }
+    let snapshot = match builder.build(engine.as_ref()) {
+        Ok(s) => s,
+        Err(e) => {
+            let e = unwrap_kernel(e);
+            if let Some(v) = version {
+                // A pinned version that is not there: say which versions are.
+                if let Ok(latest) = Snapshot::builder_for(root.as_str()).build(engine.as_ref()) {
+                    if latest.version() < v as u64 {
+                        return Err(LakeError::invalid(format!(
+                            "Delta table \"{}\" has no version {v}; its latest version is {}",
+                            location.display(),
+                            latest.version()
+                        )));
+                    }
+                    return Err(LakeError::invalid_with_hint(
+                        format!(
+                            "version {v} of Delta table \"{}\" can no longer be read: {}",
+                            location.display(),
+                            e
+                        ),
+                        "Its log files may have been removed by log retention; pin a newer version.",
+                    ));
+                }
+            }
+            return Err(classify(location, e));
+        }
+    };
+    Ok(DeltaSource { location: location.clone(), engine, snapshot })
+}
+
+/// The kernel wraps errors in a backtrace when RUST_BACKTRACE is set; users need the cause.
+pub fn unwrap_kernel(e: delta_kernel::Error) -> delta_kernel::Error {
+    match e {
+        delta_kernel::Error::Backtraced { source, .. } => unwrap_kernel(*source),
+        other => other,
+    }
+}
+
+/// Sorts a kernel error into the class a user can act on.
+pub fn classify(location: &SourceLocation, e: delta_kernel::Error) -> LakeError {
+    use delta_kernel::Error as K;
+    let source = location.display();
+    let e = unwrap_kernel(e);
+    match e {
+        K::Unsupported(m) => LakeError::Unsupported {
+            message: format!("Delta table \"{source}\" uses a feature pg_lakesync cannot read: {m}"),
+            hint: None,
+        },
+        K::InvalidProtocol(m) if m.contains("eature") => LakeError::Unsupported {
+            message: format!("Delta table \"{source}\" uses a feature pg_lakesync cannot read: {m}"),
+            hint: None,
+        },
+        K::FileNotFound(m) => LakeError::DataFileMissing { source, detail: m },
+        K::ObjectStore(object_store::Error::NotFound { path, .. }) => {
+            LakeError::DataFileMissing { source, detail: format!("{path} not found") }
+        }
+        K::IOError(io) if io.kind() == std::io::ErrorKind::NotFound => {
+            LakeError::DataFileMissing { source, detail: io.to_string() }
+        }
+        K::MissingVersion | K::MissingMetadata | K::MissingProtocol | K::MissingMetadataAndProtocol => {
+            LakeError::NotDeltaTable(source)
+        }
+        K::Parquet(p) => LakeError::Corrupt { source, detail: p.to_string() },
+        K::Arrow(a) => LakeError::Corrupt { source, detail: a.to_string() },
+        K::MalformedJson(j) => LakeError::Corrupt { source, detail: format!("malformed log entry: {j}") },
+        K::DeletionVector(m) => LakeError::Corrupt { source, detail: format!("deletion vector: {m}") },
+        other => {
+            let detail = other.to_string();
+            if detail.contains("not found") || detail.contains("No such file") {
+                LakeError::DataFileMissing { source, detail }
+            } else {
+                LakeError::Delta { source, detail }
+            }
+        }
+    }
+}

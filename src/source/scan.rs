@@ -1,0 +1,111 @@
+//! A scan of one Delta snapshot, decoded into binary COPY rows on a thread of its own.
+//!
+//! The backend pulls ~1 MiB chunks through a bounded channel, so memory stays bounded whatever
+//! the table's size, and decoding overlaps with the backend's inserts on the second core.
+//! Dropping the `ScanStream` (end of sync, error or cancel) stops the thread at its next send.
+
+use super::{classify, runtime, DeltaSource};
+use crate::error::{LakeError, Result};
+use crate::options::NullBytes;
+use crate::types::encode::{ColumnPlan, EncodeStats, RowEncoder, COPY_HEADER, COPY_TRAILER};
+use delta_kernel::engine::arrow_data::ArrowEngineData;
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::time::Duration;
+
+const CHUNK_BYTES: usize = 1 << 20;
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+pub enum Chunk {
+    Data(Vec<u8>),
+    Done(EncodeStats),
+    Failed(LakeError),
+}
+
+pub struct ScanStream {
+    rx: Receiver<Chunk>,
+}
+
+pub enum Next {
+    Chunk(Chunk),
+    /// Nothing yet; the caller checks for interrupts and asks again.
+    Waiting,
+}
+
+impl ScanStream {
+    pub fn next_timeout(&self, wait: Duration) -> Next {
+        match self.rx.recv_timeout(wait) {
+            Ok(c) => Next::Chunk(c),
+            Err(RecvTimeoutError::Timeout) => Next::Waiting,
+            Err(RecvTimeoutError::Disconnected) => Next::Chunk(Chunk::Failed(LakeError::Internal(
+                "the Delta scan thread ended without finishing".into(),
+            ))),
+        }
+    }
+}
+
+/// Starts scanning `source` for `columns` (in that order).
+pub fn start(source: DeltaSource, columns: Vec<ColumnPlan>, key: Vec<usize>, null_bytes: NullBytes) -> ScanStream {
+    let (tx, rx) = sync_channel(CHUNKS_IN_FLIGHT);
+    std::thread::Builder::new()
+        .name("lakesync-scan".into())
+        .spawn(move || {
+            let fail_tx = tx.clone();
+            if let Err(e) = produce(&source, &columns, &key, null_bytes, &tx) {
+                let _ = fail_tx.send(Chunk::Failed(e));
+            }
+        })
+        .expect("cannot start the pg_lakesync scan thread");
+    ScanStream { rx }
+}
+
+fn produce(
+    source: &DeltaSource,
+    columns: &[ColumnPlan],
+    key: &[usize],
+    null_bytes: NullBytes,
+    tx: &SyncSender<Chunk>,
+) -> Result<()> {
+    let _guard = runtime().enter();
+    let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+    let schema = source
+        .snapshot
+        .schema()
+        .project(&names)
+        .map_err(|e| classify(&source.location, e))?;
+    let scan = source
+        .snapshot
+        .clone()
+        .scan_builder()
+        .with_schema(schema)
+        .build()
+        .map_err(|e| classify(&source.location, e))?;
+    let encoder = RowEncoder { columns, key, null_bytes };
+    let mut stats = EncodeStats::default();
+    let mut buf = Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 4);
+    buf.extend_from_slice(COPY_HEADER);
+    let batches = scan
+        .execute(source.engine.clone())
+        .map_err(|e| classify(&source.location, e))?;
+    for data in batches {
+        let data = data.map_err(|e| classify(&source.location, e))?;
+        let batch = ArrowEngineData::try_from_engine_data(data)
+            .map_err(|e| classify(&source.location, e))?;
+        encoder.encode(batch.record_batch(), &mut buf, &mut stats).map_err(|e| match e {
+            LakeError::Corrupt { detail, .. } => {
+                LakeError::Corrupt { source: source.location.display(), detail }
+            }
+            other => other,
+        })?;
+        if buf.len() >= CHUNK_BYTES {
+            let full = std::mem::replace(&mut buf, Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 4));
+            if tx.send(Chunk::Data(full)).is_err() {
+                return Ok(()); // the backend stopped listening: cancelled or failed
+            }
+        }
+    }
+    buf.extend_from_slice(COPY_TRAILER);
+    if tx.send(Chunk::Data(buf)).is_ok() {
+        let _ = tx.send(Chunk::Done(stats));
+    }
+    Ok(())
+}

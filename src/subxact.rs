@@ -1,0 +1,48 @@
+//! Run a step in a subtransaction, as PL/pgSQL's EXCEPTION blocks do, so a failed sync can be
+//! rolled back on its own and its failure recorded before the ERROR goes on to the caller.
+
+use crate::error::Result;
+use pgrx::pg_sys;
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::PgTryBuilder;
+
+/// Runs `f` in a subtransaction: kept when it returns Ok, rolled back when it returns Err or
+/// raises (the raised error is handed back, to be rethrown).
+pub fn run<T>(f: impl FnOnce() -> Result<T>) -> std::result::Result<Result<T>, CaughtError> {
+    unsafe {
+        let ctx = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(ctx);
+        let restore = move || {
+            pg_sys::MemoryContextSwitchTo(ctx);
+            pg_sys::CurrentResourceOwner = owner;
+        };
+        let f = std::panic::AssertUnwindSafe(f);
+        PgTryBuilder::new(move || {
+            let f = f;
+            let out = (f.0)();
+            if out.is_ok() {
+                pg_sys::ReleaseCurrentSubTransaction();
+            } else {
+                pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            }
+            restore();
+            Ok(out)
+        })
+        .catch_others(move |e| {
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            restore();
+            Err(e)
+        })
+        .execute()
+    }
+}
+
+/// The message of a caught error, for the run record.
+pub fn message(e: &CaughtError) -> String {
+    match e {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r.message().to_string(),
+        CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
+    }
+}

@@ -1,0 +1,113 @@
+//! In-backend unit tests (`cargo pgrx test`): encoders checked against Postgres' own receive
+//! functions, and the parsers users meet first.
+
+#[pgrx::pg_schema]
+mod tests {
+    use crate::options::{Mode, NullBytes, SyncOptions};
+    use crate::plan::target::TargetName;
+    use crate::types::numeric::{decimal_text, write_numeric};
+    use crate::types::temporal::{date_text, timestamp_text};
+    use pgrx::prelude::*;
+    use serde_json::json;
+
+    /// Decodes our binary numeric with Postgres' numeric_recv and prints it with numeric_out.
+    fn pg_numeric(bytes: &[u8], typmod: i32) -> String {
+        unsafe {
+            let si = pg_sys::makeStringInfo();
+            pg_sys::appendBinaryStringInfo(si, bytes.as_ptr() as _, bytes.len() as i32);
+            let value: pgrx::AnyNumeric = pgrx::direct_function_call(
+                pg_sys::numeric_recv,
+                &[
+                    Some(pg_sys::Datum::from(si)),
+                    Some(pg_sys::Datum::from(pg_sys::NUMERICOID)),
+                    Some(pg_sys::Datum::from(typmod)),
+                ],
+            )
+            .expect("numeric");
+            value.to_string()
+        }
+    }
+
+    #[pg_test]
+    fn numeric_binary_matches_postgres() {
+        let cases: &[(i128, u8, &str)] = &[
+            (0, 0, "0"),
+            (0, 3, "0.000"),
+            (1, 0, "1"),
+            (-1, 0, "-1"),
+            (12345, 2, "123.45"),
+            (-12345, 2, "-123.45"),
+            (1, 12, "0.000000000001"),
+            (100000000, 4, "10000.0000"),
+            (99999, 2, "999.99"),
+            (10000, 0, "10000"),
+            (123456789012345678, 9, "123456789.012345678"),
+            (
+                12345678901234567890123456789012345678,
+                12,
+                "12345678901234567890123456.789012345678",
+            ),
+            (
+                -99999999999999999999999999999999999999,
+                0,
+                "-99999999999999999999999999999999999999",
+            ),
+            (99999999999999999999999999999999999999, 38, "0.99999999999999999999999999999999999999"),
+        ];
+        for (v, scale, want) in cases {
+            let mut buf = Vec::new();
+            write_numeric(*v, *scale, &mut buf);
+            assert_eq!(pg_numeric(&buf, -1), *want, "value {v} scale {scale}");
+            assert_eq!(decimal_text(*v, *scale), *want);
+        }
+    }
+
+    #[pg_test]
+    fn temporal_text() {
+        assert_eq!(date_text(0), "1970-01-01");
+        assert_eq!(date_text(-1), "1969-12-31");
+        assert_eq!(date_text(2932896), "9999-12-31");
+        assert_eq!(timestamp_text(0, true), "1970-01-01T00:00:00+00:00");
+        assert_eq!(timestamp_text(1_500_000, false), "1970-01-01T00:00:01.5");
+        assert_eq!(timestamp_text(-1, true), "1969-12-31T23:59:59.999999+00:00");
+    }
+
+    #[pg_test]
+    fn options_parse_and_reject() {
+        let o = SyncOptions::parse(&json!({"version": 3, "columns": ["a", "b"], "timeseries_key": "t", "null_bytes": "strip"})).unwrap();
+        assert_eq!(o.version, Some(3));
+        assert_eq!(o.columns, Some(vec!["a".to_string(), "b".to_string()]));
+        assert_eq!(o.timeseries_key.as_deref(), Some("t"));
+        assert_eq!(o.null_bytes, NullBytes::Strip);
+        assert_eq!(SyncOptions::parse(&json!({})).unwrap(), SyncOptions::default());
+        for bad in [
+            json!({"nope": 1}),
+            json!({"version": -1}),
+            json!({"version": "1"}),
+            json!({"columns": []}),
+            json!({"columns": ["a", "a"]}),
+            json!({"null_bytes": "ignore"}),
+            json!([1]),
+        ] {
+            assert!(SyncOptions::parse(&bad).is_err(), "{bad} accepted");
+        }
+        assert_eq!(Mode::parse("SNAPSHOT").unwrap(), Mode::Snapshot);
+        assert!(Mode::parse("eventual").is_err());
+    }
+
+    #[pg_test]
+    fn target_names() {
+        let t = TargetName::parse("trips", "public").unwrap();
+        assert_eq!(t.qualified(), "public.trips");
+        let t = TargetName::parse("Sales.Trips", "public").unwrap();
+        assert_eq!(t.qualified(), "sales.trips");
+        let t = TargetName::parse(r#""My Schema"."Trips ""2024""""#, "public").unwrap();
+        assert_eq!((t.schema.as_str(), t.table.as_str()), ("My Schema", r#"Trips "2024""#));
+        assert_eq!(t.qualified(), r#""My Schema"."Trips ""2024""""#);
+        let t = TargetName::parse("select", "public").unwrap();
+        assert_eq!(t.qualified(), r#"public."select""#);
+        for bad in ["", "a.b.c", "\"open", "a b", "x.", ".x", "1a", &"a".repeat(64)] {
+            assert!(TargetName::parse(bad, "public").is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,57 @@
+import os
+import sys
+
+import psycopg
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from pgcluster import Cluster, share_dir  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.environ.get("LAKESYNC_SHARED", os.path.join(os.path.dirname(REPO), "shared"))
+FIXTURES = os.path.join(SHARED, "fixtures")
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    c = Cluster().start()
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir():
+    """A copy of the shared Delta fixtures the postgres OS user can read (shared/ is read-only)."""
+    return share_dir(os.path.join(FIXTURES, "delta"))
+
+
+@pytest.fixture(scope="session")
+def expected_dir():
+    return os.path.join(FIXTURES, "expected")
+
+
+@pytest.fixture()
+def db(cluster):
+    """A fresh database with the extension, dropped afterwards."""
+    name = f"t_{os.getpid()}_{next(_counter)}"
+    with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    conn = psycopg.connect(cluster.dsn(dbname=name), autocommit=True)
+    conn.execute("CREATE EXTENSION pg_lakesync")
+    conn.dbname_ = name
+    yield conn
+    conn.close()
+    with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def _count():
+    n = 0
+    while True:
+        n += 1
+        yield n
+
+
+_counter = _count()
