@@ -19,7 +19,16 @@ pub fn create_target(target: &TargetName, plan: &ColumnsPlan) -> Result<pg_sys::
     let run = |sql: &str| {
         Spi::run(sql).map_err(|e| LakeError::Internal(format!("cannot create the target table: {e}")))
     };
-    run(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&target.schema)))?;
+    // CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema exists.
+    let schema_exists = Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
+        &[target.schema.as_str().into()],
+    )
+    .map_err(|e| LakeError::Internal(format!("cannot look up schema: {e}")))?
+    .unwrap_or(false);
+    if !schema_exists {
+        run(&format!("CREATE SCHEMA {}", quote_ident(&target.schema)))?;
+    }
     run(&format!("CREATE TABLE {} ({})", target.qualified(), cols.join(", ")))?;
     crate::catalog::relation_oid(&target.qualified())?
         .ok_or_else(|| LakeError::Internal("the new target table is not visible".into()))

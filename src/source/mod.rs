@@ -93,6 +93,13 @@ pub fn classify(location: &SourceLocation, e: delta_kernel::Error) -> LakeError 
     use delta_kernel::Error as K;
     let source = location.display();
     let e = unwrap_kernel(e);
+    let text = e.to_string();
+    if text.contains("not found") || text.contains("No such file") {
+        // Whichever layer noticed it (object store, parquet reader), a file the log names is gone.
+        if !matches!(e, K::MissingVersion | K::MissingMetadata | K::MissingProtocol | K::MissingMetadataAndProtocol) {
+            return LakeError::DataFileMissing { source, detail: text };
+        }
+    }
     match e {
         K::Unsupported(m) => LakeError::Unsupported {
             message: format!("Delta table \"{source}\" uses a feature pg_lakesync cannot read: {m}"),
@@ -116,13 +123,6 @@ pub fn classify(location: &SourceLocation, e: delta_kernel::Error) -> LakeError 
         K::Arrow(a) => LakeError::Corrupt { source, detail: a.to_string() },
         K::MalformedJson(j) => LakeError::Corrupt { source, detail: format!("malformed log entry: {j}") },
         K::DeletionVector(m) => LakeError::Corrupt { source, detail: format!("deletion vector: {m}") },
-        other => {
-            let detail = other.to_string();
-            if detail.contains("not found") || detail.contains("No such file") {
-                LakeError::DataFileMissing { source, detail }
-            } else {
-                LakeError::Delta { source, detail }
-            }
-        }
+        other => LakeError::Delta { source, detail: other.to_string() },
     }
 }
