@@ -7,18 +7,12 @@ use pgrx::datum::Interval;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 
-type SyncRow = (
-    name!(target, String),
-    name!(source, String),
-    name!(mode, String),
-    name!(delta_version, i64),
-    name!(rows_loaded, i64),
-    name!(rows_skipped, i64),
-    name!(duration, Interval),
-    name!(message, String),
-);
+/// The row every sync returns (the names are declared on each function below).
+type SyncRow = (String, String, String, i64, i64, i64, Interval, String);
 
-fn row(r: SyncReport) -> TableIterator<
+fn row(
+    r: SyncReport,
+) -> TableIterator<
     'static,
     (
         name!(target, String),
@@ -77,7 +71,9 @@ fn create_synced_table(
 
 /// Syncs `target` now, in this backend and transaction.
 #[pg_extern(volatile, parallel_unsafe)]
-fn sync_now(target: &str) -> TableIterator<
+fn sync_now(
+    target: &str,
+) -> TableIterator<
     'static,
     (
         name!(target, String),

@@ -95,7 +95,12 @@ pub fn mark_synced(target: &str, s: &SyncedState) -> Result<()> {
         "UPDATE lakesync.synced_tables SET state = 'synced', synced_version = $2, rows = $3, \
          last_sync_started = $4, last_sync_finished = clock_timestamp(), last_error = NULL \
          WHERE target = $1",
-        &[target.into(), s.version.into(), s.rows.into(), s.started.into()],
+        &[
+            target.into(),
+            s.version.into(),
+            s.rows.into(),
+            s.started.into(),
+        ],
     )
     .map_err(spi_err)
 }
@@ -128,7 +133,10 @@ pub fn table_columns(relid: pg_sys::Oid) -> Result<Vec<(String, String)>> {
         )?;
         let mut out = Vec::new();
         for r in rows {
-            out.push((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default()));
+            out.push((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<String>(2)?.unwrap_or_default(),
+            ));
         }
         Ok::<_, pgrx::spi::Error>(out)
     })

@@ -10,7 +10,10 @@ use std::fmt;
 #[derive(Debug, Clone)]
 pub enum LakeError {
     /// An argument or option is not acceptable.
-    InvalidParameter { message: String, hint: Option<String> },
+    InvalidParameter {
+        message: String,
+        hint: Option<String>,
+    },
     /// A table or schema name that cannot be parsed.
     InvalidName(String),
     /// `target` is not a synced table.
@@ -26,17 +29,31 @@ pub enum LakeError {
     /// A data file or log entry could not be read or decoded.
     Corrupt { source: String, detail: String },
     /// A protocol feature, type or URI scheme we do not support.
-    Unsupported { message: String, hint: Option<String> },
+    Unsupported {
+        message: String,
+        hint: Option<String>,
+    },
     /// A column named by the user is not in the source.
-    UndefinedColumn { table: String, column: String, hint: Option<String> },
+    UndefinedColumn {
+        table: String,
+        column: String,
+        hint: Option<String>,
+    },
     /// Two source rows share a primary key.
     DuplicateKey { target: String, key: String },
     /// A NUL byte in a string, which Postgres text cannot hold.
     NullByte { column: String, key: String },
     /// A value that does not fit its Postgres column.
-    OutOfRange { column: String, key: String, detail: String },
+    OutOfRange {
+        column: String,
+        key: String,
+        detail: String,
+    },
     /// The caller may not read server files or change this synced table.
-    Permission { message: String, hint: Option<String> },
+    Permission {
+        message: String,
+        hint: Option<String>,
+    },
     /// Anything the Delta reader reports that has no better class.
     Delta { source: String, detail: String },
     /// A bug or an unexpected state of ours.
@@ -47,11 +64,17 @@ pub type Result<T> = std::result::Result<T, LakeError>;
 
 impl LakeError {
     pub fn invalid(message: impl Into<String>) -> Self {
-        LakeError::InvalidParameter { message: message.into(), hint: None }
+        LakeError::InvalidParameter {
+            message: message.into(),
+            hint: None,
+        }
     }
 
     pub fn invalid_with_hint(message: impl Into<String>, hint: impl Into<String>) -> Self {
-        LakeError::InvalidParameter { message: message.into(), hint: Some(hint.into()) }
+        LakeError::InvalidParameter {
+            message: message.into(),
+            hint: Some(hint.into()),
+        }
     }
 
     pub fn sqlstate(&self) -> PgSqlErrorCode {
@@ -85,9 +108,9 @@ impl LakeError {
             LakeError::NotSynced(_) => {
                 Some("lakesync.synced_tables lists the synced tables you own.".into())
             }
-            LakeError::TargetExists(_) => Some(
-                "Choose another target name, or drop the existing table first.".into(),
-            ),
+            LakeError::TargetExists(_) => {
+                Some("Choose another target name, or drop the existing table first.".into())
+            }
             LakeError::NotDeltaTable(_) => {
                 Some("A Delta table is a directory holding a _delta_log directory.".into())
             }
@@ -126,16 +149,24 @@ impl fmt::Display for LakeError {
                 write!(f, "table \"{t}\" already exists and is not a synced table")
             }
             LakeError::SourceNotFound(s) => write!(f, "Delta table source \"{s}\" does not exist"),
-            LakeError::NotDeltaTable(s) => write!(f, "\"{s}\" is not a Delta table (no _delta_log)"),
+            LakeError::NotDeltaTable(s) => {
+                write!(f, "\"{s}\" is not a Delta table (no _delta_log)")
+            }
             LakeError::DataFileMissing { source, detail } => {
-                write!(f, "a data file of Delta table \"{source}\" is missing: {detail}")
+                write!(
+                    f,
+                    "a data file of Delta table \"{source}\" is missing: {detail}"
+                )
             }
             LakeError::Corrupt { source, detail } => {
                 write!(f, "Delta table \"{source}\" could not be read: {detail}")
             }
             LakeError::Unsupported { message, .. } => write!(f, "{message}"),
             LakeError::UndefinedColumn { table, column, .. } => {
-                write!(f, "column \"{column}\" does not exist in Delta table \"{table}\"")
+                write!(
+                    f,
+                    "column \"{column}\" does not exist in Delta table \"{table}\""
+                )
             }
             LakeError::DuplicateKey { target, key } => write!(
                 f,
@@ -145,7 +176,11 @@ impl fmt::Display for LakeError {
                 f,
                 "column \"{column}\" of the row with key {key} contains a NUL byte (0x00)"
             ),
-            LakeError::OutOfRange { column, key, detail } => {
+            LakeError::OutOfRange {
+                column,
+                key,
+                detail,
+            } => {
                 write!(f, "value of column \"{column}\" in the row with key {key} is out of range: {detail}")
             }
             LakeError::Permission { message, .. } => write!(f, "{message}"),

@@ -20,7 +20,9 @@ pub fn run<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) ->
                 pgrx::check_for_interrupts!();
             }
             Err(RecvTimeoutError::Disconnected) => {
-                return Err(LakeError::Internal("reading the Delta log failed unexpectedly (thread panicked)".into()))
+                return Err(LakeError::Internal(
+                    "reading the Delta log failed unexpectedly (thread panicked)".into(),
+                ))
             }
         }
     }

@@ -26,7 +26,12 @@ pub struct SyncOptions {
 
 impl Default for SyncOptions {
     fn default() -> Self {
-        SyncOptions { version: None, columns: None, timeseries_key: None, null_bytes: NullBytes::Error }
+        SyncOptions {
+            version: None,
+            columns: None,
+            timeseries_key: None,
+            null_bytes: NullBytes::Error,
+        }
     }
 }
 

@@ -60,7 +60,12 @@ pub fn create(req: NewSyncedTable) -> Result<SyncReport> {
         return Err(LakeError::TargetExists(qualified));
     }
     let source = open_source(&location, opts.version)?;
-    let plan = plan_columns(&location.display(), &source.snapshot.schema(), &opts, &req.primary_key)?;
+    let plan = plan_columns(
+        &location.display(),
+        &source.snapshot.schema(),
+        &opts,
+        &req.primary_key,
+    )?;
     let relid = apply::ddl::create_target(&target, &plan)?;
     catalog::insert_spec(&Spec {
         target: qualified.clone(),
@@ -71,7 +76,9 @@ pub fn create(req: NewSyncedTable) -> Result<SyncReport> {
         state: "new".into(),
         synced_version: None,
     })?;
-    load_and_record(&target, relid, source, &plan, &opts, None, false, started, clock)
+    load_and_record(
+        &target, relid, source, &plan, &opts, None, false, started, clock,
+    )
 }
 
 /// `sync_now`: bring a synced table to the source's latest (or pinned) version.
@@ -99,15 +106,22 @@ pub fn sync_now(target: &str) -> Result<SyncReport> {
     }
 }
 
-fn sync_existing(name: &TargetName, started: TimestampWithTimeZone, clock: Instant) -> Result<SyncReport> {
+fn sync_existing(
+    name: &TargetName,
+    started: TimestampWithTimeZone,
+    clock: Instant,
+) -> Result<SyncReport> {
     let qualified = name.qualified();
-    let spec = catalog::lock_spec(&qualified)?.ok_or_else(|| LakeError::NotSynced(qualified.clone()))?;
+    let spec =
+        catalog::lock_spec(&qualified)?.ok_or_else(|| LakeError::NotSynced(qualified.clone()))?;
     let opts = SyncOptions::parse(&spec.options)?;
     let location = SourceLocation::parse(&spec.source)?;
     location.check_access()?;
     let relid = catalog::relation_oid(&qualified)?.ok_or_else(|| LakeError::InvalidParameter {
         message: format!("the table of synced table \"{qualified}\" no longer exists"),
-        hint: Some(format!("Run drop_synced_table('{qualified}') and create it again.")),
+        hint: Some(format!(
+            "Run drop_synced_table('{qualified}') and create it again."
+        )),
     })?;
     let source = open_source(&location, opts.version)?;
     let version = source.version();
@@ -123,9 +137,24 @@ fn sync_existing(name: &TargetName, started: TimestampWithTimeZone, clock: Insta
             message: format!("already at Delta version {version}; nothing to do"),
         });
     }
-    let plan = plan_columns(&location.display(), &source.snapshot.schema(), &opts, &spec.primary_key)?;
+    let plan = plan_columns(
+        &location.display(),
+        &source.snapshot.schema(),
+        &opts,
+        &spec.primary_key,
+    )?;
     check_target_columns(&qualified, relid, &plan)?;
-    load_and_record(name, relid, source, &plan, &opts, spec.synced_version, true, started, clock)
+    load_and_record(
+        name,
+        relid,
+        source,
+        &plan,
+        &opts,
+        spec.synced_version,
+        true,
+        started,
+        clock,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -143,14 +172,25 @@ fn load_and_record(
     let qualified = target.qualified();
     let version = source.version();
     let display = source.location.display();
-    let stream = scan::start(source, plan.columns.clone(), plan.key.clone(), opts.null_bytes);
+    let stream = scan::start(
+        source,
+        plan.columns.clone(),
+        plan.key.clone(),
+        opts.null_bytes,
+    );
     let loaded = apply::snapshot::load(target, relid, plan, stream, replace_existing)?;
     let mut message = format!("synced Delta version {version}: {} rows", loaded.inserted);
     if loaded.skipped_null_key > 0 {
-        message.push_str(&format!(", {} rows with a NULL primary key skipped", loaded.skipped_null_key));
+        message.push_str(&format!(
+            ", {} rows with a NULL primary key skipped",
+            loaded.skipped_null_key
+        ));
     }
     if loaded.superseded > 0 {
-        message.push_str(&format!(", {} older rows replaced by timeseries_key", loaded.superseded));
+        message.push_str(&format!(
+            ", {} older rows replaced by timeseries_key",
+            loaded.superseded
+        ));
     }
     record::insert_run(&RunRecord {
         target: qualified.clone(),
@@ -165,7 +205,14 @@ fn load_and_record(
         succeeded: true,
         message: Some(message.clone()),
     })?;
-    catalog::mark_synced(&qualified, &SyncedState { version, rows: loaded.inserted as i64, started })?;
+    catalog::mark_synced(
+        &qualified,
+        &SyncedState {
+            version,
+            rows: loaded.inserted as i64,
+            started,
+        },
+    )?;
     Ok(SyncReport {
         target: qualified,
         source: display,

@@ -52,7 +52,11 @@ mod tests {
                 0,
                 "-99999999999999999999999999999999999999",
             ),
-            (99999999999999999999999999999999999999, 38, "0.99999999999999999999999999999999999999"),
+            (
+                99999999999999999999999999999999999999,
+                38,
+                "0.99999999999999999999999999999999999999",
+            ),
         ];
         for (v, scale, want) in cases {
             let mut buf = Vec::new();
@@ -79,7 +83,10 @@ mod tests {
         assert_eq!(o.columns, Some(vec!["a".to_string(), "b".to_string()]));
         assert_eq!(o.timeseries_key.as_deref(), Some("t"));
         assert_eq!(o.null_bytes, NullBytes::Strip);
-        assert_eq!(SyncOptions::parse(&json!({})).unwrap(), SyncOptions::default());
+        assert_eq!(
+            SyncOptions::parse(&json!({})).unwrap(),
+            SyncOptions::default()
+        );
         for bad in [
             json!({"nope": 1}),
             json!({"version": -1}),
@@ -102,12 +109,27 @@ mod tests {
         let t = TargetName::parse("Sales.Trips", "public").unwrap();
         assert_eq!(t.qualified(), "sales.trips");
         let t = TargetName::parse(r#""My Schema"."Trips ""2024""""#, "public").unwrap();
-        assert_eq!((t.schema.as_str(), t.table.as_str()), ("My Schema", r#"Trips "2024""#));
+        assert_eq!(
+            (t.schema.as_str(), t.table.as_str()),
+            ("My Schema", r#"Trips "2024""#)
+        );
         assert_eq!(t.qualified(), r#""My Schema"."Trips ""2024""""#);
         let t = TargetName::parse("select", "public").unwrap();
         assert_eq!(t.qualified(), r#"public."select""#);
-        for bad in ["", "a.b.c", "\"open", "a b", "x.", ".x", "1a", &"a".repeat(64)] {
-            assert!(TargetName::parse(bad, "public").is_err(), "{bad:?} accepted");
+        for bad in [
+            "",
+            "a.b.c",
+            "\"open",
+            "a b",
+            "x.",
+            ".x",
+            "1a",
+            &"a".repeat(64),
+        ] {
+            assert!(
+                TargetName::parse(bad, "public").is_err(),
+                "{bad:?} accepted"
+            );
         }
     }
 }

@@ -38,7 +38,11 @@ impl Drop for FeedGuard {
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn copy_data_source(outbuf: *mut std::ffi::c_void, minread: i32, maxread: i32) -> i32 {
+unsafe extern "C-unwind" fn copy_data_source(
+    outbuf: *mut std::ffi::c_void,
+    minread: i32,
+    maxread: i32,
+) -> i32 {
     let out = outbuf as *mut u8;
     let (minread, maxread) = (minread.max(1) as usize, maxread as usize);
     let mut written = 0usize;
@@ -50,7 +54,11 @@ unsafe extern "C-unwind" fn copy_data_source(outbuf: *mut std::ffi::c_void, minr
             let avail = feed.pending.len() - feed.pos;
             let n = avail.min(maxread - written);
             if n > 0 {
-                std::ptr::copy_nonoverlapping(feed.pending.as_ptr().add(feed.pos), out.add(written), n);
+                std::ptr::copy_nonoverlapping(
+                    feed.pending.as_ptr().add(feed.pos),
+                    out.add(written),
+                    n,
+                );
                 feed.pos += n;
             }
             n
@@ -60,7 +68,11 @@ unsafe extern "C-unwind" fn copy_data_source(outbuf: *mut std::ffi::c_void, minr
             return written as i32;
         }
         // Need more: wait for the next chunk, staying responsive to cancel.
-        let next = FEED.with(|f| f.borrow().as_ref().map(|feed| feed.stream.next_timeout(POLL)));
+        let next = FEED.with(|f| {
+            f.borrow()
+                .as_ref()
+                .map(|feed| feed.stream.next_timeout(POLL))
+        });
         match next {
             None | Some(Next::Waiting) => {
                 pgrx::check_for_interrupts!();
@@ -82,9 +94,18 @@ unsafe extern "C-unwind" fn copy_data_source(outbuf: *mut std::ffi::c_void, minr
 
 /// COPYs the rows of `stream` into `columns` of the relation `relid`; returns the rows COPY
 /// stored and what the encoder counted.
-pub fn copy_from_stream(relid: pg_sys::Oid, columns: &[String], stream: ScanStream) -> Result<(u64, EncodeStats)> {
+pub fn copy_from_stream(
+    relid: pg_sys::Oid,
+    columns: &[String],
+    stream: ScanStream,
+) -> Result<(u64, EncodeStats)> {
     FEED.with(|f| {
-        *f.borrow_mut() = Some(Feed { stream, pending: Vec::new(), pos: 0, stats: None });
+        *f.borrow_mut() = Some(Feed {
+            stream,
+            pending: Vec::new(),
+            pos: 0,
+            stats: None,
+        });
     });
     let _guard = FeedGuard;
     let processed = unsafe {
@@ -107,7 +128,9 @@ pub fn copy_from_stream(relid: pg_sys::Oid, columns: &[String], stream: ScanStre
         let options = pg_sys::lappend(std::ptr::null_mut(), format as *mut std::ffi::c_void);
         let mut attnames: *mut pg_sys::List = std::ptr::null_mut();
         for c in columns {
-            let name = pg_sys::makeString(pgrx::pg_sys::pstrdup(CString::new(c.as_str()).unwrap().as_ptr()));
+            let name = pg_sys::makeString(pgrx::pg_sys::pstrdup(
+                CString::new(c.as_str()).unwrap().as_ptr(),
+            ));
             attnames = pg_sys::lappend(attnames, name as *mut std::ffi::c_void);
         }
         let cstate = pg_sys::BeginCopyFrom(

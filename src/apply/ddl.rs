@@ -13,11 +13,16 @@ pub fn create_target(target: &TargetName, plan: &ColumnsPlan) -> Result<pg_sys::
         .map(|c| format!("{} {}", quote_ident(&c.name), c.pg.sql()))
         .collect();
     if !plan.key.is_empty() {
-        let key: Vec<String> = plan.key.iter().map(|&k| quote_ident(&plan.columns[k].name)).collect();
+        let key: Vec<String> = plan
+            .key
+            .iter()
+            .map(|&k| quote_ident(&plan.columns[k].name))
+            .collect();
         cols.push(format!("PRIMARY KEY ({})", key.join(", ")));
     }
     let run = |sql: &str| {
-        Spi::run(sql).map_err(|e| LakeError::Internal(format!("cannot create the target table: {e}")))
+        Spi::run(sql)
+            .map_err(|e| LakeError::Internal(format!("cannot create the target table: {e}")))
     };
     // CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema exists.
     let schema_exists = Spi::get_one_with_args::<bool>(
@@ -29,7 +34,11 @@ pub fn create_target(target: &TargetName, plan: &ColumnsPlan) -> Result<pg_sys::
     if !schema_exists {
         run(&format!("CREATE SCHEMA {}", quote_ident(&target.schema)))?;
     }
-    run(&format!("CREATE TABLE {} ({})", target.qualified(), cols.join(", ")))?;
+    run(&format!(
+        "CREATE TABLE {} ({})",
+        target.qualified(),
+        cols.join(", ")
+    ))?;
     crate::catalog::relation_oid(&target.qualified())?
         .ok_or_else(|| LakeError::Internal("the new target table is not visible".into()))
 }

@@ -88,7 +88,9 @@ fn copy_catching_duplicates(
         .catch_when(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, |e| {
             let detail = match &e {
                 pgrx::pg_sys::panic::CaughtError::PostgresError(r)
-                | pgrx::pg_sys::panic::CaughtError::ErrorReport(r) => r.detail().unwrap_or("").to_string(),
+                | pgrx::pg_sys::panic::CaughtError::ErrorReport(r) => {
+                    r.detail().unwrap_or("").to_string()
+                }
                 _ => String::new(),
             };
             // "Key (id)=(5) already exists."
@@ -97,7 +99,10 @@ fn copy_catching_duplicates(
                 .and_then(|s| s.strip_suffix(" already exists."))
                 .unwrap_or(&detail)
                 .to_string();
-            Err(LakeError::DuplicateKey { target: target_name.clone(), key })
+            Err(LakeError::DuplicateKey {
+                target: target_name.clone(),
+                key,
+            })
         })
         .execute()
 }

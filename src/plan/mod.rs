@@ -26,7 +26,10 @@ pub fn plan_columns(
     primary_key: &[String],
 ) -> Result<ColumnsPlan> {
     let available = || {
-        let names: Vec<String> = schema.fields().map(|f| format!("\"{}\"", f.name())).collect();
+        let names: Vec<String> = schema
+            .fields()
+            .map(|f| format!("\"{}\"", f.name()))
+            .collect();
         Some(format!("The Delta table has columns {}.", names.join(", ")))
     };
     let selected: Vec<&str> = match &opts.columns {
@@ -35,18 +38,24 @@ pub fn plan_columns(
     };
     let mut columns = Vec::with_capacity(selected.len());
     for name in &selected {
-        let field = schema.field(name).ok_or_else(|| LakeError::UndefinedColumn {
-            table: source.to_string(),
-            column: name.to_string(),
-            hint: available(),
-        })?;
+        let field = schema
+            .field(name)
+            .ok_or_else(|| LakeError::UndefinedColumn {
+                table: source.to_string(),
+                column: name.to_string(),
+                hint: available(),
+            })?;
         if name.len() > MAX_IDENT_BYTES {
             return Err(LakeError::InvalidName(format!(
                 "column \"{name}\" of Delta table \"{source}\" is longer than the {MAX_IDENT_BYTES} bytes a Postgres column name can have"
             )));
         }
         let pg = pg_type_for(source, name, field.data_type())?;
-        columns.push(ColumnPlan { name: name.to_string(), delta_type: field.data_type().clone(), pg });
+        columns.push(ColumnPlan {
+            name: name.to_string(),
+            delta_type: field.data_type().clone(),
+            pg,
+        });
     }
     let position = |col: &str, role: &str| -> Result<usize> {
         if let Some(i) = columns.iter().position(|c| c.name == col) {
@@ -58,14 +67,20 @@ pub fn plan_columns(
                 "Add it to option \"columns\".",
             ))
         } else {
-            Err(LakeError::UndefinedColumn { table: source.to_string(), column: col.to_string(), hint: available() })
+            Err(LakeError::UndefinedColumn {
+                table: source.to_string(),
+                column: col.to_string(),
+                hint: available(),
+            })
         }
     };
     let mut key = Vec::with_capacity(primary_key.len());
     for k in primary_key {
         let i = position(k, "primary key")?;
         if key.contains(&i) {
-            return Err(LakeError::invalid(format!("primary key names column \"{k}\" twice")));
+            return Err(LakeError::invalid(format!(
+                "primary key names column \"{k}\" twice"
+            )));
         }
         key.push(i);
     }
@@ -88,5 +103,9 @@ pub fn plan_columns(
             Some(i)
         }
     };
-    Ok(ColumnsPlan { columns, key, timeseries })
+    Ok(ColumnsPlan {
+        columns,
+        key,
+        timeseries,
+    })
 }

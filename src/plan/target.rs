@@ -17,8 +17,14 @@ impl TargetName {
     pub fn parse(input: &str, default_schema: &str) -> Result<Self> {
         let parts = split_qualified(input)?;
         match parts.as_slice() {
-            [table] => Ok(TargetName { schema: default_schema.to_string(), table: table.clone() }),
-            [schema, table] => Ok(TargetName { schema: schema.clone(), table: table.clone() }),
+            [table] => Ok(TargetName {
+                schema: default_schema.to_string(),
+                table: table.clone(),
+            }),
+            [schema, table] => Ok(TargetName {
+                schema: schema.clone(),
+                table: table.clone(),
+            }),
             _ => Err(LakeError::InvalidName(format!(
                 "target \"{input}\" must be a table name, optionally qualified by a schema name"
             ))),
@@ -33,7 +39,8 @@ impl TargetName {
 }
 
 fn split_qualified(input: &str) -> Result<Vec<String>> {
-    let invalid = |why: &str| LakeError::InvalidName(format!("invalid table name \"{input}\": {why}"));
+    let invalid =
+        |why: &str| LakeError::InvalidName(format!("invalid table name \"{input}\": {why}"));
     let chars: Vec<char> = input.trim().chars().collect();
     let mut parts = Vec::new();
     let mut i = 0;
@@ -63,9 +70,13 @@ fn split_qualified(input: &str) -> Result<Vec<String>> {
         } else {
             while i < chars.len() && chars[i] != '.' {
                 let c = chars[i];
-                let ok = c == '_' || c.is_alphabetic() || (!part.is_empty() && (c.is_ascii_digit() || c == '$'));
+                let ok = c == '_'
+                    || c.is_alphabetic()
+                    || (!part.is_empty() && (c.is_ascii_digit() || c == '$'));
                 if !ok {
-                    return Err(invalid(&format!("unexpected character '{c}' (quote names with double quotes)")));
+                    return Err(invalid(&format!(
+                        "unexpected character '{c}' (quote names with double quotes)"
+                    )));
                 }
                 part.extend(c.to_lowercase());
                 i += 1;
@@ -75,7 +86,9 @@ fn split_qualified(input: &str) -> Result<Vec<String>> {
             }
         }
         if part.len() > MAX_IDENT_BYTES {
-            return Err(invalid(&format!("\"{part}\" is longer than {MAX_IDENT_BYTES} bytes")));
+            return Err(invalid(&format!(
+                "\"{part}\" is longer than {MAX_IDENT_BYTES} bytes"
+            )));
         }
         parts.push(part);
         if i >= chars.len() {

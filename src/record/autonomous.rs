@@ -37,7 +37,11 @@ pub fn record_failure(run: &RunRecord) -> bool {
         std::ptr::copy_nonoverlapping((payload.len() as u32).to_ne_bytes().as_ptr(), addr, 4);
         std::ptr::copy_nonoverlapping(payload.as_ptr(), addr.add(4), payload.len());
         let handle = pg_sys::dsm_segment_handle(seg);
-        let extra = format!("{} {}", u32::from(pg_sys::MyDatabaseId), u32::from(pg_sys::GetUserId()));
+        let extra = format!(
+            "{} {}",
+            u32::from(pg_sys::MyDatabaseId),
+            u32::from(pg_sys::GetUserId())
+        );
         let worker = BackgroundWorkerBuilder::new("pg_lakesync failure recorder")
             .set_type("pg_lakesync")
             .set_library("pg_lakesync")
@@ -74,9 +78,14 @@ fn timestamp_to_pg_micros(t: pgrx::datum::TimestampWithTimeZone) -> i64 {
 #[no_mangle]
 pub extern "C-unwind" fn lakesync_failure_recorder_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGTERM);
-    let mut ids = BackgroundWorker::get_extra().split_whitespace().map(|s| s.parse::<u32>().unwrap_or(0));
+    let mut ids = BackgroundWorker::get_extra()
+        .split_whitespace()
+        .map(|s| s.parse::<u32>().unwrap_or(0));
     let (db, user) = (ids.next().unwrap_or(0), ids.next().unwrap_or(0));
-    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), Some(pg_sys::Oid::from(user)));
+    BackgroundWorker::connect_worker_to_spi_by_oid(
+        Some(pg_sys::Oid::from(db)),
+        Some(pg_sys::Oid::from(user)),
+    );
     let msg: FailureMessage = unsafe {
         let seg = pg_sys::dsm_attach(arg.value() as pg_sys::dsm_handle);
         if seg.is_null() {
@@ -85,7 +94,8 @@ pub extern "C-unwind" fn lakesync_failure_recorder_main(arg: pg_sys::Datum) {
         let addr = pg_sys::dsm_segment_address(seg) as *const u8;
         let mut len = [0u8; 4];
         std::ptr::copy_nonoverlapping(addr, len.as_mut_ptr(), 4);
-        let bytes = std::slice::from_raw_parts(addr.add(4), u32::from_ne_bytes(len) as usize).to_vec();
+        let bytes =
+            std::slice::from_raw_parts(addr.add(4), u32::from_ne_bytes(len) as usize).to_vec();
         pg_sys::dsm_detach(seg);
         match serde_json::from_slice(&bytes) {
             Ok(m) => m,
@@ -94,8 +104,11 @@ pub extern "C-unwind" fn lakesync_failure_recorder_main(arg: pg_sys::Datum) {
     };
     BackgroundWorker::transaction(move || {
         let started = unsafe {
-            pgrx::datum::TimestampWithTimeZone::from_datum(pg_sys::Datum::from(msg.started_pg_micros), false)
-                .expect("timestamp")
+            pgrx::datum::TimestampWithTimeZone::from_datum(
+                pg_sys::Datum::from(msg.started_pg_micros),
+                false,
+            )
+            .expect("timestamp")
         };
         let run = RunRecord {
             target: msg.target.clone(),

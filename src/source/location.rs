@@ -23,7 +23,10 @@ impl SourceLocation {
         } else {
             let url = Url::parse(s).map_err(|_| {
                 LakeError::invalid_with_hint(
-                    format!("source \"{}\" is neither an absolute path nor a URI", mask(s)),
+                    format!(
+                        "source \"{}\" is neither an absolute path nor a URI",
+                        mask(s)
+                    ),
                     "Write file:///absolute/path or /absolute/path.",
                 )
             })?;
@@ -62,17 +65,21 @@ impl SourceLocation {
         if !self.is_local_file() {
             return Ok(());
         }
-        let path = self
-            .url
-            .to_file_path()
-            .map_err(|_| LakeError::invalid(format!("\"{}\" is not a file path", self.display())))?;
+        let path = self.url.to_file_path().map_err(|_| {
+            LakeError::invalid(format!("\"{}\" is not a file path", self.display()))
+        })?;
         match std::fs::metadata(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 Err(LakeError::SourceNotFound(self.display()))
             }
-            Err(e) => Err(LakeError::Delta { source: self.display(), detail: e.to_string() }),
+            Err(e) => Err(LakeError::Delta {
+                source: self.display(),
+                detail: e.to_string(),
+            }),
             Ok(m) if !m.is_dir() => Err(LakeError::NotDeltaTable(self.display())),
-            Ok(_) if !path.join("_delta_log").is_dir() => Err(LakeError::NotDeltaTable(self.display())),
+            Ok(_) if !path.join("_delta_log").is_dir() => {
+                Err(LakeError::NotDeltaTable(self.display()))
+            }
             Ok(_) => Ok(()),
         }
     }

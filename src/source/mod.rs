@@ -43,7 +43,10 @@ pub fn open(location: &SourceLocation, version: Option<i64>) -> Result<DeltaSour
     let _guard = runtime().enter();
     let log_store = deltalake::DeltaTableBuilder::from_url(location.url.clone())
         .and_then(|b| b.build_storage())
-        .map_err(|e| LakeError::Delta { source: location.display(), detail: e.to_string() })?;
+        .map_err(|e| LakeError::Delta {
+            source: location.display(),
+            detail: e.to_string(),
+        })?;
     let engine = log_store.engine(None);
     let root = log_store.root_url().clone();
     let mut builder = Snapshot::builder_for(root.as_str());
@@ -77,7 +80,11 @@ pub fn open(location: &SourceLocation, version: Option<i64>) -> Result<DeltaSour
             return Err(classify(location, e));
         }
     };
-    Ok(DeltaSource { location: location.clone(), engine, snapshot })
+    Ok(DeltaSource {
+        location: location.clone(),
+        engine,
+        snapshot,
+    })
 }
 
 /// The kernel wraps errors in a backtrace when RUST_BACKTRACE is set; users need the cause.
@@ -96,33 +103,64 @@ pub fn classify(location: &SourceLocation, e: delta_kernel::Error) -> LakeError 
     let text = e.to_string();
     if text.contains("not found") || text.contains("No such file") {
         // Whichever layer noticed it (object store, parquet reader), a file the log names is gone.
-        if !matches!(e, K::MissingVersion | K::MissingMetadata | K::MissingProtocol | K::MissingMetadataAndProtocol) {
-            return LakeError::DataFileMissing { source, detail: text };
+        if !matches!(
+            e,
+            K::MissingVersion
+                | K::MissingMetadata
+                | K::MissingProtocol
+                | K::MissingMetadataAndProtocol
+        ) {
+            return LakeError::DataFileMissing {
+                source,
+                detail: text,
+            };
         }
     }
     match e {
         K::Unsupported(m) => LakeError::Unsupported {
-            message: format!("Delta table \"{source}\" uses a feature pg_lakesync cannot read: {m}"),
+            message: format!(
+                "Delta table \"{source}\" uses a feature pg_lakesync cannot read: {m}"
+            ),
             hint: None,
         },
         K::InvalidProtocol(m) if m.contains("eature") => LakeError::Unsupported {
-            message: format!("Delta table \"{source}\" uses a feature pg_lakesync cannot read: {m}"),
+            message: format!(
+                "Delta table \"{source}\" uses a feature pg_lakesync cannot read: {m}"
+            ),
             hint: None,
         },
         K::FileNotFound(m) => LakeError::DataFileMissing { source, detail: m },
-        K::ObjectStore(object_store::Error::NotFound { path, .. }) => {
-            LakeError::DataFileMissing { source, detail: format!("{path} not found") }
-        }
-        K::IOError(io) if io.kind() == std::io::ErrorKind::NotFound => {
-            LakeError::DataFileMissing { source, detail: io.to_string() }
-        }
-        K::MissingVersion | K::MissingMetadata | K::MissingProtocol | K::MissingMetadataAndProtocol => {
-            LakeError::NotDeltaTable(source)
-        }
-        K::Parquet(p) => LakeError::Corrupt { source, detail: p.to_string() },
-        K::Arrow(a) => LakeError::Corrupt { source, detail: a.to_string() },
-        K::MalformedJson(j) => LakeError::Corrupt { source, detail: format!("malformed log entry: {j}") },
-        K::DeletionVector(m) => LakeError::Corrupt { source, detail: format!("deletion vector: {m}") },
-        other => LakeError::Delta { source, detail: other.to_string() },
+        K::ObjectStore(object_store::Error::NotFound { path, .. }) => LakeError::DataFileMissing {
+            source,
+            detail: format!("{path} not found"),
+        },
+        K::IOError(io) if io.kind() == std::io::ErrorKind::NotFound => LakeError::DataFileMissing {
+            source,
+            detail: io.to_string(),
+        },
+        K::MissingVersion
+        | K::MissingMetadata
+        | K::MissingProtocol
+        | K::MissingMetadataAndProtocol => LakeError::NotDeltaTable(source),
+        K::Parquet(p) => LakeError::Corrupt {
+            source,
+            detail: p.to_string(),
+        },
+        K::Arrow(a) => LakeError::Corrupt {
+            source,
+            detail: a.to_string(),
+        },
+        K::MalformedJson(j) => LakeError::Corrupt {
+            source,
+            detail: format!("malformed log entry: {j}"),
+        },
+        K::DeletionVector(m) => LakeError::Corrupt {
+            source,
+            detail: format!("deletion vector: {m}"),
+        },
+        other => LakeError::Delta {
+            source,
+            detail: other.to_string(),
+        },
     }
 }

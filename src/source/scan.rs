@@ -44,7 +44,12 @@ impl ScanStream {
 }
 
 /// Starts scanning `source` for `columns` (in that order).
-pub fn start(source: DeltaSource, columns: Vec<ColumnPlan>, key: Vec<usize>, null_bytes: NullBytes) -> ScanStream {
+pub fn start(
+    source: DeltaSource,
+    columns: Vec<ColumnPlan>,
+    key: Vec<usize>,
+    null_bytes: NullBytes,
+) -> ScanStream {
     let (tx, rx) = sync_channel(CHUNKS_IN_FLIGHT);
     std::thread::Builder::new()
         .name("lakesync-scan".into())
@@ -79,7 +84,11 @@ fn produce(
         .with_schema(schema)
         .build()
         .map_err(|e| classify(&source.location, e))?;
-    let encoder = RowEncoder { columns, key, null_bytes };
+    let encoder = RowEncoder {
+        columns,
+        key,
+        null_bytes,
+    };
     let mut stats = EncodeStats::default();
     let mut buf = Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 4);
     buf.extend_from_slice(COPY_HEADER);
@@ -90,14 +99,18 @@ fn produce(
         let data = data.map_err(|e| classify(&source.location, e))?;
         let batch = ArrowEngineData::try_from_engine_data(data)
             .map_err(|e| classify(&source.location, e))?;
-        encoder.encode(batch.record_batch(), &mut buf, &mut stats).map_err(|e| match e {
-            LakeError::Corrupt { detail, .. } => {
-                LakeError::Corrupt { source: source.location.display(), detail }
-            }
-            other => other,
-        })?;
+        encoder
+            .encode(batch.record_batch(), &mut buf, &mut stats)
+            .map_err(|e| match e {
+                LakeError::Corrupt { detail, .. } => LakeError::Corrupt {
+                    source: source.location.display(),
+                    detail,
+                },
+                other => other,
+            })?;
         if buf.len() >= CHUNK_BYTES {
-            let full = std::mem::replace(&mut buf, Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 4));
+            let full =
+                std::mem::replace(&mut buf, Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 4));
             if tx.send(Chunk::Data(full)).is_err() {
                 return Ok(()); // the backend stopped listening: cancelled or failed
             }

@@ -61,7 +61,12 @@ enum Col<'a> {
 
 impl<'a> RowEncoder<'a> {
     /// Appends every row of `batch` (columns in plan order) to `out`.
-    pub fn encode(&self, batch: &RecordBatch, out: &mut Vec<u8>, stats: &mut EncodeStats) -> Result<()> {
+    pub fn encode(
+        &self,
+        batch: &RecordBatch,
+        out: &mut Vec<u8>,
+        stats: &mut EncodeStats,
+    ) -> Result<()> {
         if batch.num_columns() != self.columns.len() {
             return Err(LakeError::Internal(format!(
                 "scan returned {} columns, expected {}",
@@ -81,7 +86,9 @@ impl<'a> RowEncoder<'a> {
             .map(|(a, c)| downcast(a.as_ref(), c))
             .collect::<Result<_>>()?;
         let ncols = (self.columns.len() as i16).to_be_bytes();
-        let json = JsonWriter { null_bytes: self.null_bytes };
+        let json = JsonWriter {
+            null_bytes: self.null_bytes,
+        };
         out.reserve(batch.num_rows() * 16 * self.columns.len());
         'rows: for row in 0..batch.num_rows() {
             for &k in self.key {
@@ -104,7 +111,13 @@ impl<'a> RowEncoder<'a> {
         Ok(())
     }
 
-    fn field(&self, col: &Col, row: usize, out: &mut Vec<u8>, json: &JsonWriter) -> std::result::Result<(), FieldError> {
+    fn field(
+        &self,
+        col: &Col,
+        row: usize,
+        out: &mut Vec<u8>,
+        json: &JsonWriter,
+    ) -> std::result::Result<(), FieldError> {
         match col {
             Col::Bool(a) => fixed(out, &[a.value(row) as u8]),
             Col::I8(a) => fixed(out, &(a.value(row) as i16).to_be_bytes()),
@@ -114,7 +127,8 @@ impl<'a> RowEncoder<'a> {
             Col::F32(a) => fixed(out, &a.value(row).to_bits().to_be_bytes()),
             Col::F64(a) => fixed(out, &a.value(row).to_bits().to_be_bytes()),
             Col::Date(a) => {
-                let d = pg_date(a.value(row)).ok_or(FieldError::Range("date out of range".into()))?;
+                let d =
+                    pg_date(a.value(row)).ok_or(FieldError::Range("date out of range".into()))?;
                 fixed(out, &d.to_be_bytes())
             }
             Col::Ts(a) => {
@@ -160,7 +174,11 @@ impl<'a> RowEncoder<'a> {
         let key = self.key_text(row, arrays);
         match e {
             FieldError::NullByte => LakeError::NullByte { column, key },
-            FieldError::Range(detail) => LakeError::OutOfRange { column, key, detail },
+            FieldError::Range(detail) => LakeError::OutOfRange {
+                column,
+                key,
+                detail,
+            },
             FieldError::Invalid(detail) => LakeError::Corrupt {
                 source: String::new(),
                 detail: format!("column \"{column}\" of the row with key {key}: {detail}"),
@@ -173,7 +191,11 @@ impl<'a> RowEncoder<'a> {
         if self.key.is_empty() {
             return format!("(row {})", row + 1);
         }
-        let names: Vec<&str> = self.key.iter().map(|&k| self.columns[k].name.as_str()).collect();
+        let names: Vec<&str> = self
+            .key
+            .iter()
+            .map(|&k| self.columns[k].name.as_str())
+            .collect();
         let opts = FormatOptions::default().with_null("NULL");
         let values: Vec<String> = self
             .key
@@ -254,11 +276,15 @@ fn downcast<'a>(a: &'a dyn Array, c: &'a ColumnPlan) -> Result<Col<'a>> {
         PgType::Int8 => Col::I64(a.as_primitive_opt::<Int64Type>().ok_or_else(bad)?),
         PgType::Float4 => Col::F32(a.as_primitive_opt::<Float32Type>().ok_or_else(bad)?),
         PgType::Float8 => Col::F64(a.as_primitive_opt::<Float64Type>().ok_or_else(bad)?),
-        PgType::Numeric { scale, .. } => {
-            Col::Decimal(a.as_primitive_opt::<Decimal128Type>().ok_or_else(bad)?, *scale)
-        }
+        PgType::Numeric { scale, .. } => Col::Decimal(
+            a.as_primitive_opt::<Decimal128Type>().ok_or_else(bad)?,
+            *scale,
+        ),
         PgType::Text => {
-            if !matches!(a.data_type(), ArrowType::Utf8 | ArrowType::LargeUtf8 | ArrowType::Utf8View) {
+            if !matches!(
+                a.data_type(),
+                ArrowType::Utf8 | ArrowType::LargeUtf8 | ArrowType::Utf8View
+            ) {
                 return Err(bad());
             }
             Col::Text(a)
@@ -266,16 +292,20 @@ fn downcast<'a>(a: &'a dyn Array, c: &'a ColumnPlan) -> Result<Col<'a>> {
         PgType::Bytea => {
             if !matches!(
                 a.data_type(),
-                ArrowType::Binary | ArrowType::LargeBinary | ArrowType::BinaryView | ArrowType::FixedSizeBinary(_)
+                ArrowType::Binary
+                    | ArrowType::LargeBinary
+                    | ArrowType::BinaryView
+                    | ArrowType::FixedSizeBinary(_)
             ) {
                 return Err(bad());
             }
             Col::Bytes(a)
         }
         PgType::Date => Col::Date(a.as_primitive_opt::<Date32Type>().ok_or_else(bad)?),
-        PgType::Timestamp | PgType::Timestamptz => {
-            Col::Ts(a.as_primitive_opt::<TimestampMicrosecondType>().ok_or_else(bad)?)
-        }
+        PgType::Timestamp | PgType::Timestamptz => Col::Ts(
+            a.as_primitive_opt::<TimestampMicrosecondType>()
+                .ok_or_else(bad)?,
+        ),
         PgType::Jsonb => Col::Json(a, &c.delta_type),
     })
 }

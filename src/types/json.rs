@@ -54,9 +54,9 @@ impl JsonWriter {
                 Ok(())
             }
             DataType::Struct(st) => {
-                let s = arr
-                    .as_struct_opt()
-                    .ok_or_else(|| JsonError::Invalid("struct value is not an Arrow struct".into()))?;
+                let s = arr.as_struct_opt().ok_or_else(|| {
+                    JsonError::Invalid("struct value is not an Arrow struct".into())
+                })?;
                 out.push(b'{');
                 for (n, (field, child)) in st.fields().zip(s.columns()).enumerate() {
                     if n > 0 {
@@ -76,7 +76,8 @@ impl JsonWriter {
                 let offsets = m.value_offsets();
                 let (start, end) = (offsets[row] as usize, offsets[row + 1] as usize);
                 let (keys, values) = (m.keys(), m.values());
-                let string_keys = matches!(mt.key_type(), DataType::Primitive(PrimitiveType::String));
+                let string_keys =
+                    matches!(mt.key_type(), DataType::Primitive(PrimitiveType::String));
                 out.push(if string_keys { b'{' } else { b'[' });
                 for (n, i) in (start..end).enumerate() {
                     if n > 0 {
@@ -108,24 +109,60 @@ impl JsonWriter {
         row: usize,
         p: &PrimitiveType,
     ) -> Result<(), JsonError> {
-        let mismatch = || JsonError::Invalid(format!("unexpected Arrow type {} for {p:?}", arr.data_type()));
+        let mismatch = || {
+            JsonError::Invalid(format!(
+                "unexpected Arrow type {} for {p:?}",
+                arr.data_type()
+            ))
+        };
         match p {
             PrimitiveType::Boolean => {
                 let v = arr.as_boolean_opt().ok_or_else(mismatch)?.value(row);
                 out.extend_from_slice(if v { b"true" } else { b"false" });
             }
-            PrimitiveType::Byte => num(out, arr.as_primitive_opt::<Int8Type>().ok_or_else(mismatch)?.value(row)),
-            PrimitiveType::Short => num(out, arr.as_primitive_opt::<Int16Type>().ok_or_else(mismatch)?.value(row)),
-            PrimitiveType::Integer => num(out, arr.as_primitive_opt::<Int32Type>().ok_or_else(mismatch)?.value(row)),
-            PrimitiveType::Long => num(out, arr.as_primitive_opt::<Int64Type>().ok_or_else(mismatch)?.value(row)),
-            PrimitiveType::Float => {
-                float(out, arr.as_primitive_opt::<Float32Type>().ok_or_else(mismatch)?.value(row) as f64, true)
-            }
-            PrimitiveType::Double => {
-                float(out, arr.as_primitive_opt::<Float64Type>().ok_or_else(mismatch)?.value(row), false)
-            }
+            PrimitiveType::Byte => num(
+                out,
+                arr.as_primitive_opt::<Int8Type>()
+                    .ok_or_else(mismatch)?
+                    .value(row),
+            ),
+            PrimitiveType::Short => num(
+                out,
+                arr.as_primitive_opt::<Int16Type>()
+                    .ok_or_else(mismatch)?
+                    .value(row),
+            ),
+            PrimitiveType::Integer => num(
+                out,
+                arr.as_primitive_opt::<Int32Type>()
+                    .ok_or_else(mismatch)?
+                    .value(row),
+            ),
+            PrimitiveType::Long => num(
+                out,
+                arr.as_primitive_opt::<Int64Type>()
+                    .ok_or_else(mismatch)?
+                    .value(row),
+            ),
+            PrimitiveType::Float => float(
+                out,
+                arr.as_primitive_opt::<Float32Type>()
+                    .ok_or_else(mismatch)?
+                    .value(row) as f64,
+                true,
+            ),
+            PrimitiveType::Double => float(
+                out,
+                arr.as_primitive_opt::<Float64Type>()
+                    .ok_or_else(mismatch)?
+                    .value(row),
+                false,
+            ),
             PrimitiveType::Decimal(d) => {
-                let v = arr.as_primitive_opt::<Decimal128Type>().ok_or_else(mismatch)?.value(row);
+                let v = arr
+                    .as_primitive_opt::<Decimal128Type>()
+                    .ok_or_else(mismatch)?
+                    .value(row);
                 out.extend_from_slice(decimal_text(v, d.scale()).as_bytes());
             }
             PrimitiveType::String => {
@@ -142,7 +179,10 @@ impl JsonWriter {
                 self.write_str(out, &s)?;
             }
             PrimitiveType::Date => {
-                let d = arr.as_primitive_opt::<Date32Type>().ok_or_else(mismatch)?.value(row);
+                let d = arr
+                    .as_primitive_opt::<Date32Type>()
+                    .ok_or_else(mismatch)?
+                    .value(row);
                 self.write_str(out, &date_text(d))?;
             }
             PrimitiveType::Timestamp | PrimitiveType::TimestampNtz => {
@@ -150,15 +190,27 @@ impl JsonWriter {
                     .as_primitive_opt::<TimestampMicrosecondType>()
                     .ok_or_else(mismatch)?
                     .value(row);
-                self.write_str(out, &timestamp_text(t, matches!(p, PrimitiveType::Timestamp)))?;
+                self.write_str(
+                    out,
+                    &timestamp_text(t, matches!(p, PrimitiveType::Timestamp)),
+                )?;
             }
             #[allow(unreachable_patterns)]
-            other => return Err(JsonError::Invalid(format!("unsupported nested type {other:?}"))),
+            other => {
+                return Err(JsonError::Invalid(format!(
+                    "unsupported nested type {other:?}"
+                )))
+            }
         }
         Ok(())
     }
 
-    fn write_variant(&self, out: &mut Vec<u8>, arr: &dyn Array, row: usize) -> Result<(), JsonError> {
+    fn write_variant(
+        &self,
+        out: &mut Vec<u8>,
+        arr: &dyn Array,
+        row: usize,
+    ) -> Result<(), JsonError> {
         let s: &StructArray = arr
             .as_struct_opt()
             .ok_or_else(|| JsonError::Invalid("variant value is not an Arrow struct".into()))?;
@@ -169,7 +221,11 @@ impl JsonWriter {
         let value = s
             .column_by_name("value")
             .and_then(|c| binary_value(c.as_ref(), row))
-            .ok_or_else(|| JsonError::Invalid("variant value has no value (shredded variants are not supported)".into()))?;
+            .ok_or_else(|| {
+                JsonError::Invalid(
+                    "variant value has no value (shredded variants are not supported)".into(),
+                )
+            })?;
         let variant = parquet_variant::Variant::try_new(metadata, value)
             .map_err(|e| JsonError::Invalid(format!("invalid variant: {e}")))?;
         let mut buf = Vec::new();
@@ -233,7 +289,11 @@ fn float(out: &mut Vec<u8>, v: f64, single: bool) {
     if v.is_nan() {
         out.extend_from_slice(b"\"NaN\"");
     } else if v.is_infinite() {
-        out.extend_from_slice(if v > 0.0 { b"\"Infinity\"" } else { b"\"-Infinity\"" });
+        out.extend_from_slice(if v > 0.0 {
+            b"\"Infinity\""
+        } else {
+            b"\"-Infinity\""
+        });
     } else if single {
         // Shortest text that round-trips the f32, as Postgres prints real.
         let _ = write!(StrSink(out), "{}", v as f32);
@@ -255,7 +315,10 @@ fn list_range(arr: &dyn Array, row: usize) -> Result<(ArrayRef, usize, usize), J
         let n = l.value_length() as usize;
         return Ok((l.values().clone(), row * n, row * n + n));
     }
-    Err(JsonError::Invalid(format!("array value is an Arrow {}", arr.data_type())))
+    Err(JsonError::Invalid(format!(
+        "array value is an Arrow {}",
+        arr.data_type()
+    )))
 }
 
 pub fn string_value(arr: &dyn Array, row: usize) -> Option<&str> {

@@ -76,9 +76,10 @@ pub fn pg_type_for(table: &str, column: &str, dt: &DataType) -> Result<PgType> {
             PrimitiveType::Boolean => PgType::Bool,
             PrimitiveType::Float => PgType::Float4,
             PrimitiveType::Double => PgType::Float8,
-            PrimitiveType::Decimal(d) => {
-                PgType::Numeric { precision: d.precision(), scale: d.scale() }
-            }
+            PrimitiveType::Decimal(d) => PgType::Numeric {
+                precision: d.precision(),
+                scale: d.scale(),
+            },
             PrimitiveType::String => PgType::Text,
             PrimitiveType::Binary => PgType::Bytea,
             PrimitiveType::Date => PgType::Date,

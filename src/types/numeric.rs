@@ -21,11 +21,18 @@ pub fn write_numeric(value: i128, scale: u8, out: &mut Vec<u8>) {
     let int_aligned = format!("{}{}", "0".repeat(int_pad), int_str);
     let frac_aligned = format!("{}{}", frac_str, "0".repeat(frac_pad));
     let group = |s: &str| -> Vec<i16> {
-        s.as_bytes().chunks(4).map(|c| std::str::from_utf8(c).unwrap().parse::<i16>().unwrap()).collect()
+        s.as_bytes()
+            .chunks(4)
+            .map(|c| std::str::from_utf8(c).unwrap().parse::<i16>().unwrap())
+            .collect()
     };
     let int_groups = group(&int_aligned);
     let frac_groups = group(&frac_aligned);
-    let mut groups: Vec<i16> = int_groups.iter().chain(frac_groups.iter()).copied().collect();
+    let mut groups: Vec<i16> = int_groups
+        .iter()
+        .chain(frac_groups.iter())
+        .copied()
+        .collect();
     let mut weight = int_groups.len() as i16 - 1;
     // Strip leading zero groups (each moves the weight down) and trailing zero groups.
     let lead = groups.iter().take_while(|g| **g == 0).count();

@@ -1,0 +1,77 @@
+-- The SQL surface of pg_lakesync as psql shows it.
+CREATE EXTENSION pg_lakesync;
+SET TimeZone = 'UTC';
+
+-- Functions, callable unqualified.
+SELECT p.proname, pg_get_function_arguments(p.oid) AS arguments
+FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
+JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'pg_lakesync'
+ORDER BY 1;
+
+-- The catalog.
+\d lakesync.synced_tables
+\d lakesync.sync_runs
+
+-- A first synced table: creates the schema, the table, the key; returns what it did.
+SELECT target, source, mode, delta_version, rows_loaded, rows_skipped, message
+FROM create_synced_table('lake.simple', '/tmp/lakesync-regress/delta/simple_table', ARRAY['id']);
+\d lake.simple
+SELECT * FROM lake.simple ORDER BY id;
+SELECT target, source, mode, primary_key, options, owner, state, synced_version, rows, last_error
+FROM lakesync.synced_tables;
+SELECT run_id, target, from_version, to_version, rows_inserted, rows_deleted, rows_skipped,
+       change_source, status, message
+FROM lakesync.sync_runs ORDER BY run_id;
+
+-- Nothing changed in Delta: nothing to do.
+SELECT delta_version, rows_loaded, message FROM sync_now('lake.simple');
+
+-- Column mapping with spaces in names; partitions of many types; time travel.
+SELECT rows_loaded FROM create_synced_table('lake.mapped',
+  'file:///tmp/lakesync-regress/delta/table_with_column_mapping');
+SELECT * FROM lake.mapped ORDER BY 1, 2;
+SELECT delta_version, rows_loaded FROM create_synced_table('lake.old', '/tmp/lakesync-regress/delta/simple_table',
+  options => '{"version": 1}');
+SELECT * FROM lake.old ORDER BY id;
+
+-- VARIANT decoded to JSON.
+SELECT rows_loaded FROM create_synced_table('lake.variants',
+  '/tmp/lakesync-regress/delta/spark-variant-checkpoint');
+SELECT id, v, array_of_variants, map_of_variants FROM lake.variants
+ORDER BY id, v::text LIMIT 4;
+
+-- Partition columns keep their types.
+SELECT rows_loaded FROM create_synced_table('lake.parts',
+  '/tmp/lakesync-regress/delta/delta-2.2.0-partitioned-types', ARRAY['c3']);
+\d lake.parts
+SELECT * FROM lake.parts ORDER BY c3;
+
+-- Errors: SQLSTATE, message and hint.
+SELECT create_synced_table('lake.x', '/tmp/lakesync-regress/delta/no_such_table');
+\echo :LAST_ERROR_SQLSTATE
+SELECT create_synced_table('lake.x', '/tmp/lakesync-regress');
+\echo :LAST_ERROR_SQLSTATE
+SELECT create_synced_table('lake.simple', '/tmp/lakesync-regress/delta/simple_table');
+\echo :LAST_ERROR_SQLSTATE
+SELECT create_synced_table('lake.x', '/tmp/lakesync-regress/delta/simple_table', ARRAY['nope']);
+\echo :LAST_ERROR_SQLSTATE
+SELECT create_synced_table('lake.x', '/tmp/lakesync-regress/delta/delta-0.2.0', ARRAY['value']);
+\echo :LAST_ERROR_SQLSTATE
+SELECT create_synced_table('lake.x', '/tmp/lakesync-regress/delta/simple_table', mode => 'sometimes');
+\echo :LAST_ERROR_SQLSTATE
+SELECT create_synced_table('lake.x', '/tmp/lakesync-regress/delta/simple_table', mode => 'triggered');
+\echo :LAST_ERROR_SQLSTATE
+SELECT create_synced_table('lake.x', '/tmp/lakesync-regress/delta/simple_table', options => '{"colums": 1}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT create_synced_table('a.b.c', '/tmp/lakesync-regress/delta/simple_table');
+\echo :LAST_ERROR_SQLSTATE
+SELECT sync_now('lake.nothing');
+\echo :LAST_ERROR_SQLSTATE
+SELECT to_regclass('lake.x');
+
+-- Forget a spec, keep the data; forget and drop.
+SELECT drop_synced_table('lake.old');
+SELECT count(*) FROM lake.old;
+SELECT drop_synced_table('lake.mapped', drop_data => true);
+SELECT to_regclass('lake.mapped');
+SELECT target FROM lakesync.synced_tables ORDER BY 1;
