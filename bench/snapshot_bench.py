@@ -6,8 +6,10 @@ backend's peak memory. Ratios are measured in one run on one machine; see BENCHM
 import argparse
 import datetime as dt
 import os
+import shutil
 import statistics
 import sys
+import threading
 import time
 from decimal import Decimal
 
@@ -46,24 +48,44 @@ def make_table(path, rows, files=10, seed=42):
     os.system(f"chmod -R a+rX {path}")
 
 
-def peak_rss_kib(pid):
+def proc_status_kib(pid, field):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return -1
+
+
+class AnonSampler(threading.Thread):
+    """Peak private (anonymous) memory of a backend, sampled every 10 ms. VmHWM would also count
+    the shared buffers the backend touched, which are not its own memory."""
+
+    def __init__(self, pid):
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.stop = pid, 0, threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                self.peak = max(self.peak, proc_status_kib(self.pid, "RssAnon"))
+            except OSError:
+                return
+            time.sleep(0.01)
 
 
 def one_sync(cluster, path, name):
     with psycopg.connect(cluster.dsn(), autocommit=True) as c:
         pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
-        base = peak_rss_kib(pid)
+        base = proc_status_kib(pid, "RssAnon")
+        sampler = AnonSampler(pid)
+        sampler.start()
         t = time.perf_counter()
         n = c.execute("SELECT rows_loaded FROM create_synced_table(%s, %s, ARRAY['id'])",
                       (name, path)).fetchone()[0]
         secs = time.perf_counter() - t
-        peak = peak_rss_kib(pid)
-    return secs, n, peak, base
+        sampler.stop.set()
+        sampler.join()
+    return secs, n, sampler.peak, base
 
 
 def one_copy(cluster, binfile, like, name):
@@ -90,22 +112,23 @@ def main():
         size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
         with psycopg.connect(cluster.dsn(), autocommit=True) as c:
             c.execute("CREATE EXTENSION pg_lakesync")
-            settings = c.execute("SELECT name, setting, unit FROM pg_settings WHERE name IN "
+            settings = c.execute("SELECT name, current_setting(name) FROM pg_settings WHERE name IN "
                                  "('shared_buffers', 'wal_level', 'fsync', 'synchronous_commit', "
                                  "'max_wal_size') ORDER BY 1").fetchall()
-        binfile = os.path.join(os.path.dirname(path), "rows.bin")
+        bindir = world_readable_tmpdir("lakesync-bench-bin-")
+        shutil.chown(bindir, "postgres", "postgres")  # the server writes the COPY file
+        binfile = os.path.join(bindir, "rows.bin")
         sync_t, copy_t, peaks = [], [], []
         for i in range(args.runs):
             secs, n, peak, base = one_sync(cluster, path, f"public.sync_{i}")
             assert n == args.rows, n
             sync_t.append(secs)
             peaks.append(peak)
-            print(f"sync run {i}: {secs:.2f}s, {n / secs:,.0f} rows/s, backend peak RSS "
-                  f"{peak / 1024:.0f} MiB (at connect {base / 1024:.0f} MiB)", flush=True)
+            print(f"sync run {i}: {secs:.2f}s, {n / secs:,.0f} rows/s, backend peak private "
+                  f"memory {peak / 1024:.0f} MiB (at connect {base / 1024:.0f} MiB)", flush=True)
             if i == 0:
                 with psycopg.connect(cluster.dsn(), autocommit=True) as c:
                     c.execute(f"COPY public.sync_0 TO '{binfile}' (FORMAT binary)")
-                os.chmod(binfile, 0o644)
             secs, n = one_copy(cluster, binfile, "public.sync_0", f"public.copy_{i}")
             assert n == args.rows, n
             copy_t.append(secs)
@@ -113,12 +136,12 @@ def main():
         ms, mc = statistics.median(sync_t), statistics.median(copy_t)
         print()
         print(f"rows: {args.rows:,}  Delta size: {size / 2**20:.1f} MiB  runs: {args.runs}")
-        print("server: " + ", ".join(f"{n}={s}{u or ''}" for n, s, u in settings))
+        print("server: " + ", ".join(f"{n}={s}" for n, s in settings))
         print(f"| path | median s | rows/s | ratio vs COPY |")
         print(f"|---|---|---|---|")
         print(f"| create_synced_table | {ms:.2f} | {args.rows / ms:,.0f} | {mc / ms:.2f}x |")
         print(f"| COPY FROM file (binary) | {mc:.2f} | {args.rows / mc:,.0f} | 1.00x |")
-        print(f"backend peak RSS (VmHWM) during sync: max {max(peaks) / 1024:.0f} MiB")
+        print(f"syncing backend peak private memory (RssAnon): max {max(peaks) / 1024:.0f} MiB")
     finally:
         cluster.stop()
 

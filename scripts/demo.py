@@ -68,9 +68,8 @@ SELECT delta_version, rows_loaded, message FROM sync_now('demo.trips');
 """
         env = cluster.env()
         env["PGTZ"] = "UTC"
-        subprocess.run(["psql", "-X", "-v", "ON_ERROR_STOP=1", "-c", "SET client_min_messages=warning"]
-                       if False else ["psql", "-X", "-v", "ON_ERROR_STOP=1"],
-                       input=sql, text=True, env=env, check=True)
+        subprocess.run(["psql", "-X", "-v", "ON_ERROR_STOP=1"], input=sql, text=True, env=env,
+                       check=True)
     finally:
         cluster.stop()
 

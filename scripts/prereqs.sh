@@ -34,6 +34,7 @@ python3 -c 'import deltalake' 2>/dev/null || py_need+=("deltalake")
 python3 -c 'import pyarrow' 2>/dev/null || py_need+=("pyarrow")
 python3 -c 'import psycopg' 2>/dev/null || py_need+=("psycopg[binary]")
 python3 -c 'import pytest' 2>/dev/null || py_need+=("pytest")
+python3 -c 'import numpy' 2>/dev/null || py_need+=("numpy")  # benchmark data
 if [ ${#py_need[@]} -gt 0 ]; then
   echo "prereqs: pip install ${py_need[*]}"
   python3 -m pip install -q "${py_need[@]}"

@@ -7,9 +7,6 @@ use pgrx::datum::Interval;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 
-/// The row every sync returns (the names are declared on each function below).
-type SyncRow = (String, String, String, i64, i64, i64, Interval, String);
-
 fn row(
     r: SyncReport,
 ) -> TableIterator<

@@ -60,12 +60,7 @@ pub fn create(req: NewSyncedTable) -> Result<SyncReport> {
         return Err(LakeError::TargetExists(qualified));
     }
     let source = open_source(&location, opts.version)?;
-    let plan = plan_columns(
-        &location.display(),
-        &source.snapshot.schema(),
-        &opts,
-        &req.primary_key,
-    )?;
+    let plan = plan_columns(&source, &opts, &req.primary_key)?;
     let relid = apply::ddl::create_target(&target, &plan)?;
     catalog::insert_spec(&Spec {
         target: qualified.clone(),
@@ -137,12 +132,7 @@ fn sync_existing(
             message: format!("already at Delta version {version}; nothing to do"),
         });
     }
-    let plan = plan_columns(
-        &location.display(),
-        &source.snapshot.schema(),
-        &opts,
-        &spec.primary_key,
-    )?;
+    let plan = plan_columns(&source, &opts, &spec.primary_key)?;
     check_target_columns(&qualified, relid, &plan)?;
     load_and_record(
         name,

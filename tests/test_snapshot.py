@@ -201,3 +201,43 @@ def test_pg_dump_keeps_specs(db, cluster):
                          capture_output=True, text=True).stdout
     assert "COPY lakesync.synced_tables" in out
     assert path in out
+
+
+def test_two_syncs_of_one_table_run_one_after_the_other(db, cluster):
+    path = table_path()
+    write(path, rows_of(10))
+    db.execute("SELECT create_synced_table('s', %s, ARRAY['id'])", (path,))
+    write(path, rows_of(200000, tag="w"), mode="overwrite")
+    results = []
+
+    def run():
+        with psycopg.connect(cluster.dsn(dbname=db.dbname_), autocommit=True) as c:
+            results.append(c.execute("SELECT rows_loaded, message FROM sync_now('s')").fetchone())
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(r[0] for r in results) == [0, 200000], results
+    assert any("nothing to do" in r[1] for r in results)
+    assert db.execute("SELECT count(*) FROM lakesync.sync_runs WHERE status = 'succeeded'"
+                      ).fetchone() == (2,)  # the create and one sync; the other had nothing to do
+
+
+def test_failure_inside_a_transaction_that_already_synced_does_not_hang(db, cluster):
+    path = table_path()
+    write(path, rows_of(10))
+    db.execute("SELECT create_synced_table('s', %s, ARRAY['id'])", (path,))
+    write(path, rows_of(5, start=10))
+    with psycopg.connect(cluster.dsn(dbname=db.dbname_)) as c:  # one explicit transaction
+        c.execute("SET statement_timeout = '20s'")
+        assert c.execute("SELECT rows_loaded FROM sync_now('s')").fetchone() == (15,)
+        write(path, [{"id": 1, "val": "dup"}])
+        with pytest.raises(psycopg.Error) as e:
+            c.execute("SELECT sync_now('s')")
+        assert e.value.diag.sqlstate == "23505"
+        c.rollback()
+    assert db.execute("SELECT count(*) FROM s").fetchone() == (10,)
+    assert db.execute("SELECT status FROM lakesync.sync_runs ORDER BY run_id DESC LIMIT 1"
+                      ).fetchone() == ("failed",)

@@ -149,3 +149,22 @@ def test_numeric_text_exact(db, types_table):
         ("0.000000000000", "0.01"),
         ("0.000000000001", "-0.01"),
     ]
+
+
+def test_partition_columns_keep_types_and_nulls(db):
+    path = os.path.join(world_readable_tmpdir(), "parts")
+    schema = pa.schema([("id", pa.int64()), ("region", pa.string()), ("day", pa.date32()),
+                        ("n", pa.int32())])
+    rows = [dict(id=1, region="eu", day=dt.date(2024, 1, 1), n=1),
+            dict(id=2, region=None, day=dt.date(2024, 1, 2), n=None),
+            dict(id=3, region="us", day=None, n=3)]
+    write_deltalake(path, pa.Table.from_pylist(rows, schema=schema),
+                    partition_by=["region", "day", "n"])
+    os.system(f"chmod -R a+rX {path}")
+    db.execute("SELECT create_synced_table('parts', %s, ARRAY['id'])", (path,))
+    cols = db.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                      "WHERE attrelid = 'parts'::regclass AND attnum > 0 ORDER BY attnum").fetchall()
+    assert cols == [("id", "bigint"), ("region", "text"), ("day", "date"), ("n", "integer")]
+    assert db.execute("SELECT * FROM parts ORDER BY id").fetchall() == [
+        (1, "eu", dt.date(2024, 1, 1), 1), (2, None, dt.date(2024, 1, 2), None),
+        (3, "us", None, 3)]

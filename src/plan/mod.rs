@@ -5,6 +5,7 @@ pub mod target;
 
 use crate::error::{LakeError, Result};
 use crate::options::SyncOptions;
+use crate::source::DeltaSource;
 use crate::types::encode::ColumnPlan;
 use crate::types::{delta_type_name, pg_type_for};
 use delta_kernel::schema::StructType;
@@ -20,11 +21,13 @@ pub struct ColumnsPlan {
 }
 
 pub fn plan_columns(
-    source: &str,
-    schema: &StructType,
+    delta: &DeltaSource,
     opts: &SyncOptions,
     primary_key: &[String],
 ) -> Result<ColumnsPlan> {
+    let source = &delta.location.display();
+    let schema_ref = delta.snapshot.schema();
+    let schema: &StructType = &schema_ref;
     let available = || {
         let names: Vec<String> = schema
             .fields()
