@@ -20,6 +20,11 @@ fn row(
         name!(rows_skipped, i64),
         name!(duration, Interval),
         name!(message, String),
+        name!(from_version, Option<i64>),
+        name!(rows_inserted, i64),
+        name!(rows_updated, i64),
+        name!(rows_deleted, i64),
+        name!(change_source, String),
     ),
 > {
     let micros = i64::try_from(r.duration.as_micros()).unwrap_or(i64::MAX);
@@ -28,10 +33,15 @@ fn row(
         r.source,
         r.mode,
         r.delta_version,
-        r.rows_loaded,
-        r.rows_skipped,
+        r.inserted + r.updated,
+        r.skipped,
         Interval::from_micros(micros),
         r.message,
+        r.from_version,
+        r.inserted,
+        r.updated,
+        r.deleted,
+        r.change_source.to_string(),
     ))
 }
 
@@ -54,6 +64,11 @@ fn create_synced_table(
         name!(rows_skipped, i64),
         name!(duration, Interval),
         name!(message, String),
+        name!(from_version, Option<i64>),
+        name!(rows_inserted, i64),
+        name!(rows_updated, i64),
+        name!(rows_deleted, i64),
+        name!(change_source, String),
     ),
 > {
     row(sync::create(NewSyncedTable {
@@ -66,9 +81,37 @@ fn create_synced_table(
     .or_raise())
 }
 
-/// Syncs `target` now, in this backend and transaction.
+/// Syncs `target` now, in this backend and transaction. A dry run reports what the sync would
+/// do and changes nothing.
 #[pg_extern(volatile, parallel_unsafe)]
 fn sync_now(
+    target: &str,
+    dry_run: default!(bool, "false"),
+) -> TableIterator<
+    'static,
+    (
+        name!(target, String),
+        name!(source, String),
+        name!(mode, String),
+        name!(delta_version, i64),
+        name!(rows_loaded, i64),
+        name!(rows_skipped, i64),
+        name!(duration, Interval),
+        name!(message, String),
+        name!(from_version, Option<i64>),
+        name!(rows_inserted, i64),
+        name!(rows_updated, i64),
+        name!(rows_deleted, i64),
+        name!(change_source, String),
+    ),
+> {
+    row(sync::sync_now(target, dry_run).or_raise())
+}
+
+/// Rebuilds `target` from the latest Delta version in one transaction (readers see the old
+/// contents or the new); the way out of state needs_full_refresh.
+#[pg_extern(volatile, parallel_unsafe)]
+fn full_refresh(
     target: &str,
 ) -> TableIterator<
     'static,
@@ -81,9 +124,14 @@ fn sync_now(
         name!(rows_skipped, i64),
         name!(duration, Interval),
         name!(message, String),
+        name!(from_version, Option<i64>),
+        name!(rows_inserted, i64),
+        name!(rows_updated, i64),
+        name!(rows_deleted, i64),
+        name!(change_source, String),
     ),
 > {
-    row(sync::sync_now(target).or_raise())
+    row(sync::full_refresh(target).or_raise())
 }
 
 /// Forgets the spec of `target`; drops the table too when `drop_data`.

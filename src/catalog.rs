@@ -15,6 +15,8 @@ pub struct Spec {
     pub options: serde_json::Value,
     pub state: String,
     pub synced_version: Option<i64>,
+    /// The Delta table id the synced version belongs to.
+    pub delta_table_id: Option<String>,
 }
 
 fn spi_err(e: pgrx::spi::Error) -> LakeError {
@@ -41,8 +43,8 @@ pub fn insert_spec(spec: &Spec) -> Result<()> {
 pub fn lock_spec(target: &str) -> Result<Option<Spec>> {
     Spi::connect_mut(|client| {
         let rows = client.update(
-            "SELECT target, source, mode, coalesce(primary_key, '{}'), options, state, synced_version \
-             FROM lakesync.synced_tables WHERE target = $1 FOR UPDATE",
+            "SELECT target, source, mode, coalesce(primary_key, '{}'), options, state, synced_version, \
+             delta_table_id FROM lakesync.synced_tables WHERE target = $1 FOR UPDATE",
             Some(1),
             &[target.into()],
         )?;
@@ -56,6 +58,7 @@ pub fn lock_spec(target: &str) -> Result<Option<Spec>> {
                 options: row.get::<JsonB>(5)?.map(|j| j.0).unwrap_or(serde_json::Value::Null),
                 state: row.get::<String>(6)?.unwrap_or_default(),
                 synced_version: row.get::<i64>(7)?,
+                delta_table_id: row.get::<String>(8)?,
             });
         }
         Ok::<_, pgrx::spi::Error>(spec)
@@ -86,20 +89,38 @@ pub fn delete_spec(target: &str) -> Result<bool> {
 /// What a finished sync leaves in the spec row.
 pub struct SyncedState {
     pub version: i64,
-    pub rows: i64,
+    pub table_id: String,
+    /// The table's row count after the sync: exact after a snapshot, a change otherwise.
+    pub rows: RowCount,
     pub started: pgrx::datum::TimestampWithTimeZone,
+}
+
+pub enum RowCount {
+    Exactly(i64),
+    ChangedBy(i64),
 }
 
 pub fn mark_synced(target: &str, s: &SyncedState) -> Result<()> {
     Spi::run_with_args(
-        "UPDATE lakesync.synced_tables SET state = 'synced', synced_version = $2, rows = $3, \
-         last_sync_started = $4, last_sync_finished = clock_timestamp(), last_error = NULL \
-         WHERE target = $1",
+        "UPDATE lakesync.synced_tables SET state = 'synced', synced_version = $2, \
+         rows = coalesce($3, rows + $6), \
+         last_sync_started = $4, last_sync_finished = clock_timestamp(), last_error = NULL, \
+         delta_table_id = $5 WHERE target = $1",
         &[
             target.into(),
             s.version.into(),
-            s.rows.into(),
+            match s.rows {
+                RowCount::Exactly(n) => Some(n),
+                RowCount::ChangedBy(_) => None,
+            }
+            .into(),
             s.started.into(),
+            s.table_id.clone().into(),
+            match s.rows {
+                RowCount::Exactly(_) => 0i64,
+                RowCount::ChangedBy(d) => d,
+            }
+            .into(),
         ],
     )
     .map_err(spi_err)

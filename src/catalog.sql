@@ -16,7 +16,8 @@ CREATE TABLE lakesync.synced_tables (
     last_sync_finished timestamptz,
     rows               bigint,
     last_error         text,
-    created_at         timestamptz NOT NULL DEFAULT now()
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    delta_table_id     text
 );
 COMMENT ON TABLE lakesync.synced_tables IS 'One row per synced table: its spec and its sync state';
 

@@ -54,6 +54,8 @@ pub enum LakeError {
         message: String,
         hint: Option<String>,
     },
+    /// The versions an incremental sync needs cannot be replayed; only a full refresh helps.
+    Gap { reason: String },
     /// Anything the Delta reader reports that has no better class.
     Delta { source: String, detail: String },
     /// A bug or an unexpected state of ours.
@@ -77,6 +79,11 @@ impl LakeError {
         }
     }
 
+    /// Whether this failure leaves the synced table needing a full refresh.
+    pub fn needs_full_refresh(&self) -> bool {
+        matches!(self, LakeError::Gap { .. })
+    }
+
     pub fn sqlstate(&self) -> PgSqlErrorCode {
         use PgSqlErrorCode::*;
         match self {
@@ -94,6 +101,7 @@ impl LakeError {
             LakeError::NullByte { .. } => ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
             LakeError::OutOfRange { .. } => ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
             LakeError::Permission { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            LakeError::Gap { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             LakeError::Delta { .. } => ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
             LakeError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
@@ -117,6 +125,11 @@ impl LakeError {
             LakeError::DuplicateKey { .. } => Some(
                 "Choose a primary key that is unique in the source, or set option \
                  \"timeseries_key\" to keep the latest row of each key."
+                    .into(),
+            ),
+            LakeError::Gap { .. } => Some(
+                "Run full_refresh() on the synced table to rebuild it from the latest version, \
+                 or set option \"on_gap\" to \"full_refresh\" to do that automatically."
                     .into(),
             ),
             LakeError::NullByte { .. } => Some(
@@ -184,6 +197,7 @@ impl fmt::Display for LakeError {
                 write!(f, "value of column \"{column}\" in the row with key {key} is out of range: {detail}")
             }
             LakeError::Permission { message, .. } => write!(f, "{message}"),
+            LakeError::Gap { reason } => write!(f, "cannot sync incrementally: {reason}"),
             LakeError::Delta { source, detail } => {
                 write!(f, "reading Delta table \"{source}\" failed: {detail}")
             }

@@ -11,6 +11,7 @@ use pgrx::prelude::*;
 mod api;
 mod apply;
 mod catalog;
+mod debug;
 mod error;
 mod offload;
 mod options;

@@ -3,7 +3,32 @@
 use crate::error::{LakeError, Result};
 use serde_json::Value;
 
-pub const KNOWN_OPTIONS: &[&str] = &["version", "columns", "timeseries_key", "null_bytes"];
+pub const KNOWN_OPTIONS: &[&str] = &[
+    "version",
+    "columns",
+    "timeseries_key",
+    "null_bytes",
+    "on_gap",
+    "change_detection",
+];
+
+/// What an incremental sync does when the versions it needs cannot be replayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnGap {
+    /// Fail, and leave the table in state needs_full_refresh.
+    Fail,
+    /// Rebuild the table from the latest version, atomically.
+    FullRefresh,
+}
+
+/// Where an incremental sync learns what changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeDetection {
+    /// The Delta Change Data Feed.
+    Cdf,
+    /// The files each commit removed and added.
+    Files,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NullBytes {
@@ -22,6 +47,8 @@ pub struct SyncOptions {
     /// Among rows sharing a primary key keep the one with the greatest value of this column.
     pub timeseries_key: Option<String>,
     pub null_bytes: NullBytes,
+    pub on_gap: OnGap,
+    pub change_detection: ChangeDetection,
 }
 
 impl Default for SyncOptions {
@@ -31,6 +58,8 @@ impl Default for SyncOptions {
             columns: None,
             timeseries_key: None,
             null_bytes: NullBytes::Error,
+            on_gap: OnGap::Fail,
+            change_detection: ChangeDetection::Cdf,
         }
     }
 }
@@ -100,6 +129,30 @@ impl SyncOptions {
                         }
                     }
                 }
+                "on_gap" => {
+                    opts.on_gap = match v.as_str() {
+                        Some("fail") => OnGap::Fail,
+                        Some("full_refresh") => OnGap::FullRefresh,
+                        _ => {
+                            return Err(LakeError::invalid_with_hint(
+                                format!("invalid value {v} for option \"on_gap\""),
+                                "Valid values are \"fail\" and \"full_refresh\".",
+                            ))
+                        }
+                    }
+                }
+                "change_detection" => {
+                    opts.change_detection = match v.as_str() {
+                        Some("cdf") => ChangeDetection::Cdf,
+                        Some("files") => ChangeDetection::Files,
+                        _ => {
+                            return Err(LakeError::invalid_with_hint(
+                                format!("invalid value {v} for option \"change_detection\""),
+                                "Valid values are \"cdf\" and \"files\".",
+                            ))
+                        }
+                    }
+                }
                 other => {
                     return Err(LakeError::invalid_with_hint(
                         format!("unknown option \"{other}\""),
@@ -123,7 +176,7 @@ fn json_kind(v: &Value) -> &'static str {
     }
 }
 
-/// The sync modes of Lakebase; only SNAPSHOT runs in this release.
+/// The sync modes of Lakebase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Snapshot,

@@ -6,9 +6,12 @@ use pgrx::pg_sys;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::PgTryBuilder;
 
-/// Runs `f` in a subtransaction: kept when it returns Ok, rolled back when it returns Err or
-/// raises (the raised error is handed back, to be rethrown).
-pub fn run<T>(f: impl FnOnce() -> Result<T>) -> std::result::Result<Result<T>, CaughtError> {
+/// Runs `f` in a subtransaction: kept when it returns Ok and `keep` is set, rolled back when it
+/// returns Err or raises (the raised error is handed back, to be rethrown), or when not `keep`.
+pub fn run<T>(
+    keep: bool,
+    f: impl FnOnce() -> Result<T>,
+) -> std::result::Result<Result<T>, CaughtError> {
     unsafe {
         let ctx = pg_sys::CurrentMemoryContext;
         let owner = pg_sys::CurrentResourceOwner;
@@ -22,7 +25,7 @@ pub fn run<T>(f: impl FnOnce() -> Result<T>) -> std::result::Result<Result<T>, C
         PgTryBuilder::new(move || {
             let f = f;
             let out = (f.0)();
-            if out.is_ok() {
+            if out.is_ok() && keep {
                 pg_sys::ReleaseCurrentSubTransaction();
             } else {
                 pg_sys::RollbackAndReleaseCurrentSubTransaction();
@@ -37,6 +40,16 @@ pub fn run<T>(f: impl FnOnce() -> Result<T>) -> std::result::Result<Result<T>, C
         })
         .execute()
     }
+}
+
+/// Whether a caught error is one of ours that needs a full refresh.
+pub fn needs_full_refresh(e: &CaughtError) -> bool {
+    let r = match e {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
+        CaughtError::RustPanic { ereport, .. } => ereport,
+    };
+    r.sql_error_code() == pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+        && r.message().starts_with("cannot sync incrementally")
 }
 
 /// The message of a caught error, for the run record.

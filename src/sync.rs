@@ -1,14 +1,15 @@
 //! One sync, end to end: source → plan → apply → record.
 
 use crate::apply;
-use crate::catalog::{self, Spec, SyncedState};
+use crate::apply::changes::Applied;
+use crate::catalog::{self, RowCount, Spec, SyncedState};
 use crate::error::{LakeError, Result};
-use crate::options::{Mode, SyncOptions};
+use crate::options::{ChangeDetection, Mode, OnGap, SyncOptions};
 use crate::plan::target::TargetName;
 use crate::plan::{plan_columns, ColumnsPlan};
 use crate::record::{self, RunRecord};
 use crate::source::location::SourceLocation;
-use crate::source::{self, scan, DeltaSource};
+use crate::source::{self, changes, scan, DeltaSource};
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use std::time::{Duration, Instant};
@@ -18,9 +19,14 @@ pub struct SyncReport {
     pub target: String,
     pub source: String,
     pub mode: String,
+    /// Where the rows came from: "snapshot" (a full read), "cdf" (the change feed) or "none".
+    pub change_source: &'static str,
+    pub from_version: Option<i64>,
     pub delta_version: i64,
-    pub rows_loaded: i64,
-    pub rows_skipped: i64,
+    pub inserted: i64,
+    pub updated: i64,
+    pub deleted: i64,
+    pub skipped: i64,
     pub duration: Duration,
     pub message: String,
 }
@@ -33,19 +39,30 @@ pub struct NewSyncedTable<'a> {
     pub options: serde_json::Value,
 }
 
+/// One sync's context, shared by its steps.
+struct Run<'a> {
+    target: &'a TargetName,
+    relid: pg_sys::Oid,
+    mode: Mode,
+    opts: &'a SyncOptions,
+    started: TimestampWithTimeZone,
+    clock: Instant,
+}
+
 /// `create_synced_table`: validate everything, create the target, record the spec and run the
 /// first sync — all in the caller's transaction, so a failure leaves nothing behind.
 pub fn create(req: NewSyncedTable) -> Result<SyncReport> {
     let clock = Instant::now();
     let started = now();
     let mode = Mode::parse(req.mode)?;
-    if mode != Mode::Snapshot {
+    if mode == Mode::Continuous {
         return Err(LakeError::Unsupported {
-            message: format!("sync mode \"{}\" is not available yet", mode.as_str()),
-            hint: Some("This release syncs in snapshot mode.".into()),
+            message: "sync mode \"continuous\" is not available yet".into(),
+            hint: Some("Use mode \"triggered\" and call sync_now() as often as needed.".into()),
         });
     }
     let opts = SyncOptions::parse(&req.options)?;
+    check_mode_options(mode, &opts, &req.primary_key, &req.options)?;
     let target = TargetName::parse(req.target, &catalog::default_schema()?)?;
     let qualified = target.qualified();
     let location = SourceLocation::parse(req.source)?;
@@ -60,6 +77,18 @@ pub fn create(req: NewSyncedTable) -> Result<SyncReport> {
         return Err(LakeError::TargetExists(qualified));
     }
     let source = open_source(&location, opts.version)?;
+    if mode == Mode::Triggered && !changes::cdf_enabled(&source) {
+        return Err(LakeError::Unsupported {
+            message: format!(
+                "Delta table \"{}\" does not have its change data feed enabled, which triggered mode reads",
+                location.display()
+            ),
+            hint: Some(format!(
+                "Enable it in Delta: ALTER TABLE delta.`{}` SET TBLPROPERTIES (delta.enableChangeDataFeed = true)",
+                location.display()
+            )),
+        });
+    }
     let plan = plan_columns(&source, &opts, &req.primary_key)?;
     let relid = apply::ddl::create_target(&target, &plan)?;
     catalog::insert_spec(&Spec {
@@ -70,14 +99,75 @@ pub fn create(req: NewSyncedTable) -> Result<SyncReport> {
         options: req.options.clone(),
         state: "new".into(),
         synced_version: None,
+        delta_table_id: None,
     })?;
-    load_and_record(
-        &target, relid, source, &plan, &opts, None, false, started, clock,
-    )
+    let run = Run {
+        target: &target,
+        relid,
+        mode,
+        opts: &opts,
+        started,
+        clock,
+    };
+    load_snapshot(&run, source, &plan, None, false, None)
 }
 
-/// `sync_now`: bring a synced table to the source's latest (or pinned) version.
-pub fn sync_now(target: &str) -> Result<SyncReport> {
+/// What a mode requires of the spec, checked before anything is created.
+fn check_mode_options(
+    mode: Mode,
+    opts: &SyncOptions,
+    primary_key: &[String],
+    raw: &serde_json::Value,
+) -> Result<()> {
+    match mode {
+        Mode::Triggered => {
+            if primary_key.is_empty() {
+                return Err(LakeError::invalid_with_hint(
+                    "triggered mode needs a primary key to apply changes by",
+                    "Pass primary_key => ARRAY['...'] to create_synced_table.",
+                ));
+            }
+            if opts.change_detection == ChangeDetection::Files {
+                return Err(LakeError::Unsupported {
+                    message: "change_detection \"files\" is not available yet".into(),
+                    hint: Some("Enable the change data feed on the Delta table instead.".into()),
+                });
+            }
+        }
+        _ => {
+            for name in ["on_gap", "change_detection"] {
+                if raw.get(name).is_some() {
+                    return Err(LakeError::invalid(format!(
+                        "option \"{name}\" applies to triggered mode only"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `sync_now`: bring a synced table to the source's latest (or pinned) version. A dry run does
+/// all the work in a subtransaction it then rolls back, so its counts are exact.
+pub fn sync_now(target: &str, dry_run: bool) -> Result<SyncReport> {
+    let report = run_recorded(target, !dry_run, false)?;
+    if dry_run {
+        return Ok(SyncReport {
+            message: format!("dry run, nothing changed: {}", report.message),
+            ..report
+        });
+    }
+    Ok(report)
+}
+
+/// `full_refresh`: rebuild the table from the latest version, whatever its state.
+pub fn full_refresh(target: &str) -> Result<SyncReport> {
+    run_recorded(target, true, true)
+}
+
+/// Runs a sync of an existing synced table in a subtransaction; a failure is recorded by a
+/// worker of its own after the subtransaction (and the spec row lock with it) is rolled back.
+fn run_recorded(target: &str, keep: bool, full: bool) -> Result<SyncReport> {
     let clock = Instant::now();
     let started = now();
     let name = TargetName::parse(target, &catalog::default_schema()?)?;
@@ -85,17 +175,24 @@ pub fn sync_now(target: &str) -> Result<SyncReport> {
     if !catalog::exists(&qualified)? {
         return Err(LakeError::NotSynced(qualified));
     }
-    // Failures are recorded by a worker of their own, so run the sync in a subtransaction and
-    // record only after it is rolled back (the spec row lock goes with it).
-    let outcome = crate::subxact::run(|| sync_existing(&name, started, clock));
+    let outcome = crate::subxact::run(keep, || sync_existing(&name, full, started, clock));
     match outcome {
         Ok(Ok(report)) => Ok(report),
         Ok(Err(e)) => {
-            record_failure(&qualified, started, &e.to_string());
+            if keep {
+                record_failure(&qualified, started, &e.to_string(), e.needs_full_refresh());
+            }
             Err(e)
         }
         Err(caught) => {
-            record_failure(&qualified, started, &crate::subxact::message(&caught));
+            if keep {
+                record_failure(
+                    &qualified,
+                    started,
+                    &crate::subxact::message(&caught),
+                    crate::subxact::needs_full_refresh(&caught),
+                );
+            }
             caught.rethrow()
         }
     }
@@ -103,6 +200,7 @@ pub fn sync_now(target: &str) -> Result<SyncReport> {
 
 fn sync_existing(
     name: &TargetName,
+    full: bool,
     started: TimestampWithTimeZone,
     clock: Instant,
 ) -> Result<SyncReport> {
@@ -110,6 +208,7 @@ fn sync_existing(
     let spec =
         catalog::lock_spec(&qualified)?.ok_or_else(|| LakeError::NotSynced(qualified.clone()))?;
     let opts = SyncOptions::parse(&spec.options)?;
+    let mode = Mode::parse(&spec.mode)?;
     let location = SourceLocation::parse(&spec.source)?;
     location.check_access()?;
     let relid = catalog::relation_oid(&qualified)?.ok_or_else(|| LakeError::InvalidParameter {
@@ -118,80 +217,252 @@ fn sync_existing(
             "Run drop_synced_table('{qualified}') and create it again."
         )),
     })?;
+    let run = Run {
+        target: name,
+        relid,
+        mode,
+        opts: &opts,
+        started,
+        clock,
+    };
     let source = open_source(&location, opts.version)?;
     let version = source.version();
+    let plan = plan_columns(&source, &opts, &spec.primary_key)?;
+    check_target_columns(&qualified, relid, &plan)?;
+    if full {
+        return load_snapshot(
+            &run,
+            source,
+            &plan,
+            spec.synced_version,
+            true,
+            Some("full refresh"),
+        );
+    }
     if spec.state == "synced" && spec.synced_version == Some(version) {
         return Ok(SyncReport {
             target: qualified,
             source: location.display(),
             mode: spec.mode,
+            change_source: "none",
+            from_version: spec.synced_version,
             delta_version: version,
-            rows_loaded: 0,
-            rows_skipped: 0,
+            inserted: 0,
+            updated: 0,
+            deleted: 0,
+            skipped: 0,
             duration: clock.elapsed(),
             message: format!("already at Delta version {version}; nothing to do"),
         });
     }
-    let plan = plan_columns(&source, &opts, &spec.primary_key)?;
-    check_target_columns(&qualified, relid, &plan)?;
-    load_and_record(
-        name,
-        relid,
-        source,
-        &plan,
-        &opts,
-        spec.synced_version,
-        true,
-        started,
-        clock,
-    )
+    let synced = match (mode, spec.synced_version) {
+        (Mode::Triggered, Some(v)) => v,
+        // Snapshot mode, or a first sync that never completed: read it all.
+        _ => return load_snapshot(&run, source, &plan, spec.synced_version, true, None),
+    };
+    let gap = if spec.state == "needs_full_refresh" {
+        Some(LakeError::Gap {
+            reason: format!(
+                "synced table \"{qualified}\" needs a full refresh since an earlier sync failed"
+            ),
+        })
+    } else {
+        find_gap(&source, &spec, synced)
+    };
+    if let Some(gap) = gap {
+        return match opts.on_gap {
+            OnGap::FullRefresh => load_snapshot(
+                &run,
+                source,
+                &plan,
+                Some(synced),
+                true,
+                Some(&gap.to_string()),
+            ),
+            OnGap::Fail => Err(gap),
+        };
+    }
+    apply_changes(&run, source, &plan, synced)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn load_and_record(
-    target: &TargetName,
-    relid: pg_sys::Oid,
+/// A reason the versions after `synced` cannot be replayed, if there is one.
+fn find_gap(source: &DeltaSource, spec: &Spec, synced: i64) -> Option<LakeError> {
+    let display = source.location.display();
+    let id = changes::table_id(source);
+    if let Some(old) = spec.delta_table_id.as_deref() {
+        if old != id {
+            return Some(LakeError::Gap {
+                reason: format!(
+                    "Delta table \"{display}\" was replaced by a new table (its id changed from {old} to {id})"
+                ),
+            });
+        }
+    }
+    let version = source.version();
+    if version < synced {
+        return Some(LakeError::Gap {
+            reason: format!(
+                "Delta table \"{display}\" is at version {version}, older than synced version {synced}"
+            ),
+        });
+    }
+    if version > synced {
+        if let Err(e) = changes::check_range(source, synced + 1, version) {
+            return Some(e);
+        }
+    }
+    None
+}
+
+/// Applies the change feed of versions `synced+1..=latest`. A gap found while reading (a
+/// vacuumed change file, say) is handled like one found before, per option on_gap.
+fn apply_changes(
+    run: &Run,
     source: DeltaSource,
     plan: &ColumnsPlan,
-    opts: &SyncOptions,
+    synced: i64,
+) -> Result<SyncReport> {
+    let version = source.version();
+    if version == synced {
+        // The last run failed after the data was already at this version.
+        return record_success(run, &source, Some(synced), "cdf", Counts::default(), None);
+    }
+    let fallback = source.clone();
+    let stream = changes::start(
+        source,
+        plan.columns.clone(),
+        plan.key.clone(),
+        run.opts.null_bytes,
+        synced + 1,
+        version,
+    );
+    let applied = crate::subxact::run(true, || apply::changes::apply(run.target, plan, stream));
+    let applied = match applied {
+        Ok(r) => r?,
+        Err(caught)
+            if run.opts.on_gap == OnGap::FullRefresh
+                && crate::subxact::needs_full_refresh(&caught) =>
+        {
+            let why = crate::subxact::message(&caught);
+            return load_snapshot(run, fallback, plan, Some(synced), true, Some(&why));
+        }
+        Err(caught) => caught.rethrow(),
+    };
+    match applied {
+        Applied::NeedsSnapshot => load_snapshot(
+            run,
+            fallback,
+            plan,
+            Some(synced),
+            true,
+            Some("timeseries_key with deletes or updates in the change feed"),
+        ),
+        Applied::Changes(c) => record_success(
+            run,
+            &fallback,
+            Some(synced),
+            "cdf",
+            Counts {
+                inserted: c.inserted as i64,
+                updated: c.updated as i64,
+                deleted: c.deleted as i64,
+                skipped: c.skipped_null_key as i64,
+                superseded: 0,
+            },
+            None,
+        ),
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+struct Counts {
+    inserted: i64,
+    updated: i64,
+    deleted: i64,
+    skipped: i64,
+    superseded: i64,
+}
+
+/// Replaces the target's contents with the source's rows (the first sync, SNAPSHOT mode, and
+/// every full refresh). `why` says why a triggered table was reloaded in full.
+fn load_snapshot(
+    run: &Run,
+    source: DeltaSource,
+    plan: &ColumnsPlan,
     from_version: Option<i64>,
     replace_existing: bool,
-    started: TimestampWithTimeZone,
-    clock: Instant,
+    why: Option<&str>,
 ) -> Result<SyncReport> {
-    let qualified = target.qualified();
-    let version = source.version();
-    let display = source.location.display();
+    let meta = source.clone();
     let stream = scan::start(
         source,
         plan.columns.clone(),
         plan.key.clone(),
-        opts.null_bytes,
+        run.opts.null_bytes,
     );
-    let loaded = apply::snapshot::load(target, relid, plan, stream, replace_existing)?;
-    let mut message = format!("synced Delta version {version}: {} rows", loaded.inserted);
-    if loaded.skipped_null_key > 0 {
+    let loaded = apply::snapshot::load(run.target, run.relid, plan, stream, replace_existing)?;
+    record_success(
+        run,
+        &meta,
+        from_version,
+        "snapshot",
+        Counts {
+            inserted: loaded.inserted as i64,
+            updated: 0,
+            deleted: loaded.deleted as i64,
+            skipped: loaded.skipped_null_key as i64,
+            superseded: loaded.superseded as i64,
+        },
+        why,
+    )
+}
+
+/// Records a successful sync (run row and spec state) in the sync's own transaction.
+fn record_success(
+    run: &Run,
+    source: &DeltaSource,
+    from_version: Option<i64>,
+    change_source: &'static str,
+    c: Counts,
+    why: Option<&str>,
+) -> Result<SyncReport> {
+    let qualified = run.target.qualified();
+    let version = source.version();
+    let mut message = match change_source {
+        "snapshot" => format!("synced Delta version {version}: {} rows", c.inserted),
+        _ => format!(
+            "applied Delta versions {}..{version} from the change feed: {} inserted, {} updated, {} deleted",
+            from_version.map(|v| v + 1).unwrap_or(0).min(version),
+            c.inserted,
+            c.updated,
+            c.deleted
+        ),
+    };
+    if c.skipped > 0 {
         message.push_str(&format!(
             ", {} rows with a NULL primary key skipped",
-            loaded.skipped_null_key
+            c.skipped
         ));
     }
-    if loaded.superseded > 0 {
+    if c.superseded > 0 {
         message.push_str(&format!(
             ", {} older rows replaced by timeseries_key",
-            loaded.superseded
+            c.superseded
         ));
+    }
+    if let Some(why) = why {
+        message.push_str(&format!(" (full refresh: {why})"));
     }
     record::insert_run(&RunRecord {
         target: qualified.clone(),
-        started,
+        started: run.started,
         from_version,
         to_version: Some(version),
-        inserted: loaded.inserted as i64,
-        updated: 0,
-        deleted: loaded.deleted as i64,
-        skipped: loaded.skipped_null_key as i64,
-        change_source: Some("snapshot".into()),
+        inserted: c.inserted,
+        updated: c.updated,
+        deleted: c.deleted,
+        skipped: c.skipped,
+        change_source: Some(change_source.into()),
         succeeded: true,
         message: Some(message.clone()),
     })?;
@@ -199,18 +470,27 @@ fn load_and_record(
         &qualified,
         &SyncedState {
             version,
-            rows: loaded.inserted as i64,
-            started,
+            table_id: changes::table_id(source),
+            rows: match change_source {
+                "snapshot" => RowCount::Exactly(c.inserted),
+                _ => RowCount::ChangedBy(c.inserted - c.deleted),
+            },
+            started: run.started,
         },
     )?;
+    crate::debug::pause_point("commit");
     Ok(SyncReport {
         target: qualified,
-        source: display,
-        mode: Mode::Snapshot.as_str().into(),
+        source: source.location.display(),
+        mode: run.mode.as_str().into(),
+        change_source,
+        from_version,
         delta_version: version,
-        rows_loaded: loaded.inserted as i64,
-        rows_skipped: loaded.skipped_null_key as i64,
-        duration: clock.elapsed(),
+        inserted: c.inserted,
+        updated: c.updated,
+        deleted: c.deleted,
+        skipped: c.skipped,
+        duration: run.clock.elapsed(),
         message,
     })
 }
@@ -252,20 +532,33 @@ fn open_source(location: &SourceLocation, version: Option<i64>) -> Result<DeltaS
     crate::offload::run(move || source::open(&loc, version))
 }
 
-fn record_failure(target: &str, started: TimestampWithTimeZone, message: &str) {
-    record::autonomous::record_failure(&RunRecord {
-        target: target.to_string(),
-        started,
-        from_version: None,
-        to_version: None,
-        inserted: 0,
-        updated: 0,
-        deleted: 0,
-        skipped: 0,
-        change_source: Some("snapshot".into()),
-        succeeded: false,
-        message: Some(message.to_string()),
-    });
+fn record_failure(
+    target: &str,
+    started: TimestampWithTimeZone,
+    message: &str,
+    needs_full_refresh: bool,
+) {
+    let state = if needs_full_refresh {
+        "needs_full_refresh"
+    } else {
+        "failed"
+    };
+    record::autonomous::record_failure(
+        &RunRecord {
+            target: target.to_string(),
+            started,
+            from_version: None,
+            to_version: None,
+            inserted: 0,
+            updated: 0,
+            deleted: 0,
+            skipped: 0,
+            change_source: None,
+            succeeded: false,
+            message: Some(message.to_string()),
+        },
+        state,
+    );
 }
 
 fn now() -> TimestampWithTimeZone {

@@ -59,7 +59,7 @@ SELECT create_synced_table('lake.x', '/tmp/lakesync-regress/delta/delta-0.2.0', 
 \echo :LAST_ERROR_SQLSTATE
 SELECT create_synced_table('lake.x', '/tmp/lakesync-regress/delta/simple_table', mode => 'sometimes');
 \echo :LAST_ERROR_SQLSTATE
-SELECT create_synced_table('lake.x', '/tmp/lakesync-regress/delta/simple_table', mode => 'triggered');
+SELECT create_synced_table('lake.x', '/tmp/lakesync-regress/delta/simple_table', mode => 'continuous');
 \echo :LAST_ERROR_SQLSTATE
 SELECT create_synced_table('lake.x', '/tmp/lakesync-regress/delta/simple_table', options => '{"colums": 1}');
 \echo :LAST_ERROR_SQLSTATE

@@ -21,6 +21,7 @@ struct Feed {
     stream: ScanStream,
     pending: Vec<u8>,
     pos: usize,
+    chunks: u64,
     stats: Option<EncodeStats>,
 }
 
@@ -77,12 +78,19 @@ unsafe extern "C-unwind" fn copy_data_source(
             None | Some(Next::Waiting) => {
                 pgrx::check_for_interrupts!();
             }
-            Some(Next::Chunk(Chunk::Data(bytes))) => FEED.with(|f| {
-                let mut f = f.borrow_mut();
-                let feed = f.as_mut().unwrap();
-                feed.pending = bytes;
-                feed.pos = 0;
-            }),
+            Some(Next::Chunk(Chunk::Data(bytes))) => {
+                let first = FEED.with(|f| {
+                    let mut f = f.borrow_mut();
+                    let feed = f.as_mut().unwrap();
+                    feed.pending = bytes;
+                    feed.pos = 0;
+                    feed.chunks += 1;
+                    feed.chunks == 1
+                });
+                if first {
+                    crate::debug::pause_point("read");
+                }
+            }
             Some(Next::Chunk(Chunk::Done(stats))) => {
                 FEED.with(|f| f.borrow_mut().as_mut().unwrap().stats = Some(stats));
                 return written as i32; // end of data
@@ -104,6 +112,7 @@ pub fn copy_from_stream(
             stream,
             pending: Vec::new(),
             pos: 0,
+            chunks: 0,
             stats: None,
         });
     });

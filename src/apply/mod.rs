@@ -1,5 +1,6 @@
 //! Apply: write planned rows into Postgres — DDL for a new target, then the bulk load.
 
+pub mod changes;
 pub mod copy;
 pub mod ddl;
 pub mod snapshot;

@@ -18,17 +18,19 @@ struct FailureMessage {
     from_version: Option<i64>,
     change_source: Option<String>,
     message: String,
+    state: String,
 }
 
 /// Writes the failed run and the spec's failed state in a transaction of their own. Returns
 /// false (after a WARNING) when no worker could be started; the ERROR still reaches the caller.
-pub fn record_failure(run: &RunRecord) -> bool {
+pub fn record_failure(run: &RunRecord, state: &str) -> bool {
     let msg = FailureMessage {
         target: run.target.clone(),
         started_pg_micros: timestamp_to_pg_micros(run.started),
         from_version: run.from_version,
         change_source: run.change_source.clone(),
         message: run.message.clone().unwrap_or_default(),
+        state: state.to_string(),
     };
     let payload = serde_json::to_vec(&msg).expect("serializable");
     unsafe {
@@ -124,6 +126,6 @@ pub extern "C-unwind" fn lakesync_failure_recorder_main(arg: pg_sys::Datum) {
             message: Some(msg.message.clone()),
         };
         let _ = insert_run(&run);
-        let _ = mark_failed(&msg.target, started, &msg.message);
+        let _ = mark_failed(&msg.target, started, &msg.message, &msg.state);
     });
 }

@@ -49,13 +49,19 @@ pub fn insert_run(r: &RunRecord) -> Result<i64> {
 /// Marks a spec failed with the error's message, in the current transaction. Never waits for a
 /// row lock: the failed caller may itself hold it (it synced this table earlier in its
 /// transaction) while it waits for the recorder, and a sync holding it will set the state anyway.
-pub fn mark_failed(target: &str, started: TimestampWithTimeZone, message: &str) -> Result<()> {
+/// `state` is 'failed', or 'needs_full_refresh' when only a full refresh can continue.
+pub fn mark_failed(
+    target: &str,
+    started: TimestampWithTimeZone,
+    message: &str,
+    state: &str,
+) -> Result<()> {
     Spi::run_with_args(
-        "UPDATE lakesync.synced_tables SET state = 'failed', last_error = $2, \
+        "UPDATE lakesync.synced_tables SET state = $4, last_error = $2, \
          last_sync_started = $3, last_sync_finished = clock_timestamp() \
          WHERE target IN (SELECT target FROM lakesync.synced_tables WHERE target = $1 \
                           FOR UPDATE SKIP LOCKED)",
-        &[target.into(), message.into(), started.into()],
+        &[target.into(), message.into(), started.into(), state.into()],
     )
     .map_err(|e| LakeError::Internal(format!("cannot record the sync failure: {e}")))
 }

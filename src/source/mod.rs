@@ -2,6 +2,7 @@
 //!
 //! Everything here runs off the backend's thread (see `offload`): it never calls Postgres.
 
+pub mod changes;
 pub mod location;
 pub mod scan;
 
@@ -25,6 +26,7 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
 }
 
 /// A Delta table opened at one version.
+#[derive(Clone)]
 pub struct DeltaSource {
     pub location: SourceLocation,
     pub engine: Arc<dyn Engine>,

@@ -9,6 +9,7 @@ use crate::error::{LakeError, Result};
 use crate::options::NullBytes;
 use crate::types::encode::{ColumnPlan, EncodeStats, RowEncoder, COPY_HEADER, COPY_TRAILER};
 use delta_kernel::engine::arrow_data::ArrowEngineData;
+use delta_kernel::EngineData;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::time::Duration;
 
@@ -43,6 +44,9 @@ impl ScanStream {
     }
 }
 
+/// Batches of Arrow data from the kernel, whatever produced them (a scan, a change feed).
+pub type Batches = Box<dyn Iterator<Item = delta_kernel::DeltaResult<Box<dyn EngineData>>>>;
+
 /// Starts scanning `source` for `columns` (in that order).
 pub fn start(
     source: DeltaSource,
@@ -50,12 +54,47 @@ pub fn start(
     key: Vec<usize>,
     null_bytes: NullBytes,
 ) -> ScanStream {
+    start_with(
+        source,
+        columns,
+        key,
+        null_bytes,
+        |source, names| {
+            let schema = source.snapshot.schema().project(names)?;
+            let scan = source
+                .snapshot
+                .clone()
+                .scan_builder()
+                .with_schema(schema)
+                .build()?;
+            Ok(Box::new(scan.execute(source.engine.clone())?) as Batches)
+        },
+        |source, e| classify(&source.location, e),
+    )
+}
+
+/// Runs `batches` (given the source and the column names to read) on a thread of its own and
+/// encodes what it yields into binary COPY rows of `columns`; `on_error` says what a kernel
+/// error means to the user.
+pub fn start_with<F, E>(
+    source: DeltaSource,
+    columns: Vec<ColumnPlan>,
+    key: Vec<usize>,
+    null_bytes: NullBytes,
+    batches: F,
+    on_error: E,
+) -> ScanStream
+where
+    F: FnOnce(&DeltaSource, &[&str]) -> delta_kernel::DeltaResult<Batches> + Send + 'static,
+    E: Fn(&DeltaSource, delta_kernel::Error) -> LakeError + Send + 'static,
+{
     let (tx, rx) = sync_channel(CHUNKS_IN_FLIGHT);
     std::thread::Builder::new()
         .name("lakesync-scan".into())
         .spawn(move || {
             let fail_tx = tx.clone();
-            if let Err(e) = produce(&source, &columns, &key, null_bytes, &tx) {
+            let produced = produce(&source, &columns, &key, null_bytes, batches, &on_error, &tx);
+            if let Err(e) = produced {
                 let _ = fail_tx.send(Chunk::Failed(e));
             }
         })
@@ -63,27 +102,21 @@ pub fn start(
     ScanStream { rx }
 }
 
-fn produce(
+fn produce<F, E>(
     source: &DeltaSource,
     columns: &[ColumnPlan],
     key: &[usize],
     null_bytes: NullBytes,
+    batches: F,
+    on_error: &E,
     tx: &SyncSender<Chunk>,
-) -> Result<()> {
+) -> Result<()>
+where
+    F: FnOnce(&DeltaSource, &[&str]) -> delta_kernel::DeltaResult<Batches>,
+    E: Fn(&DeltaSource, delta_kernel::Error) -> LakeError,
+{
     let _guard = runtime().enter();
     let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
-    let schema = source
-        .snapshot
-        .schema()
-        .project(&names)
-        .map_err(|e| classify(&source.location, e))?;
-    let scan = source
-        .snapshot
-        .clone()
-        .scan_builder()
-        .with_schema(schema)
-        .build()
-        .map_err(|e| classify(&source.location, e))?;
     let encoder = RowEncoder {
         columns,
         key,
@@ -92,13 +125,10 @@ fn produce(
     let mut stats = EncodeStats::default();
     let mut buf = Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 4);
     buf.extend_from_slice(COPY_HEADER);
-    let batches = scan
-        .execute(source.engine.clone())
-        .map_err(|e| classify(&source.location, e))?;
+    let batches = batches(source, &names).map_err(|e| on_error(source, e))?;
     for data in batches {
-        let data = data.map_err(|e| classify(&source.location, e))?;
-        let batch = ArrowEngineData::try_from_engine_data(data)
-            .map_err(|e| classify(&source.location, e))?;
+        let data = data.map_err(|e| on_error(source, e))?;
+        let batch = ArrowEngineData::try_from_engine_data(data).map_err(|e| on_error(source, e))?;
         encoder
             .encode(batch.record_batch(), &mut buf, &mut stats)
             .map_err(|e| match e {

@@ -1,0 +1,229 @@
+//! TRIGGERED apply: merge a range of Delta changes into the target, in the caller's transaction.
+//!
+//! The changes are COPYed into a temporary staging table, reduced to the last change of each
+//! key, and applied with one DELETE and one INSERT … ON CONFLICT DO UPDATE — the set-based path
+//! an expert would write by hand, so the target is touched once per changed key.
+
+use super::copy::copy_from_stream;
+use crate::debug::pause_point;
+use crate::error::{LakeError, Result};
+use crate::plan::target::{quote_ident, TargetName};
+use crate::plan::ColumnsPlan;
+use crate::source::changes::{CHANGE_TYPE, COMMIT_VERSION};
+use crate::source::scan::ScanStream;
+use pgrx::prelude::*;
+
+const STAGE: &str = "pg_temp.lakesync_changes";
+const NET: &str = "pg_temp.lakesync_net";
+/// The change types after which the row's key no longer holds that row.
+const GONE: &str = "('delete', 'update_preimage')";
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ChangeCounts {
+    pub inserted: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    pub skipped_null_key: u64,
+}
+
+pub enum Applied {
+    Changes(ChangeCounts),
+    /// With timeseries_key, a delete or update can make an older row of a key the latest one,
+    /// which only the whole table knows: the caller reloads a snapshot instead.
+    NeedsSnapshot,
+}
+
+struct Sql {
+    target: String,
+    cols: Vec<String>,
+    key: Vec<String>,
+    timeseries: Option<String>,
+}
+
+impl Sql {
+    fn new(target: &TargetName, plan: &ColumnsPlan) -> Self {
+        let cols: Vec<String> = plan.columns.iter().map(|c| quote_ident(&c.name)).collect();
+        let key = plan.key.iter().map(|&k| cols[k].clone()).collect();
+        let timeseries = plan.timeseries.map(|t| cols[t].clone());
+        Sql {
+            target: target.qualified(),
+            cols,
+            key,
+            timeseries,
+        }
+    }
+
+    fn key_list(&self, alias: &str) -> String {
+        self.key
+            .iter()
+            .map(|k| format!("{alias}{k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn key_join(&self, a: &str, b: &str) -> String {
+        self.key
+            .iter()
+            .map(|k| format!("{a}.{k} = {b}.{k}"))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    }
+}
+
+/// Stages `stream` (rows of `change_columns(plan.columns)`) and applies it to `target`.
+pub fn apply(target: &TargetName, plan: &ColumnsPlan, stream: ScanStream) -> Result<Applied> {
+    let sql = Sql::new(target, plan);
+    let change_type = quote_ident(CHANGE_TYPE);
+    let version = quote_ident(COMMIT_VERSION);
+
+    spi(&format!("DROP TABLE IF EXISTS {STAGE}, {NET}"))?;
+    spi(&format!(
+        "CREATE TEMP TABLE lakesync_changes ON COMMIT DROP AS \
+         SELECT {cols}, NULL::text AS {change_type}, NULL::bigint AS {version} \
+         FROM {target} WITH NO DATA",
+        cols = sql.cols.join(", "),
+        target = sql.target,
+    ))?;
+    // Staging order is the feed's order: commit by commit, and within a commit file by file.
+    spi(&format!(
+        "ALTER TABLE {STAGE} ADD COLUMN lakesync_seq bigint GENERATED ALWAYS AS IDENTITY"
+    ))?;
+    let stage_oid = crate::catalog::relation_oid(STAGE)?
+        .ok_or_else(|| LakeError::Internal("staging table is not visible".into()))?;
+    let mut names: Vec<String> = plan.columns.iter().map(|c| c.name.clone()).collect();
+    names.push(CHANGE_TYPE.into());
+    names.push(COMMIT_VERSION.into());
+    let (_, stats) = copy_from_stream(stage_oid, &names, stream)?;
+
+    if sql.timeseries.is_some()
+        && exists(&format!(
+            "SELECT 1 FROM {STAGE} WHERE {change_type} IN ('delete', 'update_postimage')"
+        ))?
+    {
+        spi(&format!("DROP TABLE {STAGE}"))?;
+        return Ok(Applied::NeedsSnapshot);
+    }
+    if sql.timeseries.is_none() {
+        check_duplicates(&sql, target, &change_type, &version)?;
+    }
+
+    // The last change of each key wins: latest commit first; within one commit a row that
+    // exists afterwards (insert, update post-image) wins over a row that is gone (delete, update
+    // pre-image); then feed order. A pre-image counts as a delete so an update that changes the
+    // primary key removes the old key.
+    let order = match &sql.timeseries {
+        None => format!("{version} DESC, ({change_type} IN {GONE}), lakesync_seq DESC"),
+        Some(ts) => format!("{ts} DESC NULLS LAST, {version} DESC, lakesync_seq DESC"),
+    };
+    spi(&format!(
+        "CREATE TEMP TABLE lakesync_net ON COMMIT DROP AS \
+         SELECT DISTINCT ON ({key}) * FROM {STAGE} ORDER BY {key}, {order}",
+        key = sql.key_list(""),
+    ))?;
+    // The planner knows nothing of a fresh temp table; a join against millions of target rows
+    // needs its size.
+    spi(&format!("ANALYZE {NET}"))?;
+
+    let mut counts = ChangeCounts {
+        skipped_null_key: stats.skipped_null_key,
+        ..Default::default()
+    };
+    counts.deleted = spi(&format!(
+        "DELETE FROM {target} t USING {NET} n WHERE n.{change_type} IN {GONE} AND {join}",
+        target = sql.target,
+        join = sql.key_join("t", "n"),
+    ))?;
+    pause_point("apply");
+
+    let non_key: Vec<&String> = sql.cols.iter().filter(|c| !sql.key.contains(c)).collect();
+    let on_conflict = if non_key.is_empty() {
+        "DO NOTHING".to_string()
+    } else {
+        let set = non_key
+            .iter()
+            .map(|c| format!("{c} = EXCLUDED.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        match &sql.timeseries {
+            None => format!("DO UPDATE SET {set}"),
+            // Only a newer row replaces the one a key holds.
+            Some(ts) => format!(
+                "DO UPDATE SET {set} WHERE EXCLUDED.{ts} IS NOT NULL \
+                 AND (t.{ts} IS NULL OR EXCLUDED.{ts} >= t.{ts})"
+            ),
+        }
+    };
+    let (inserted, updated) = Spi::connect(|c| {
+        let row = c
+            .select(
+                &format!(
+                    "WITH up AS (INSERT INTO {target} AS t ({cols}) \
+                     SELECT {cols} FROM {NET} WHERE {change_type} NOT IN {GONE} \
+                     ON CONFLICT ({key}) {on_conflict} RETURNING (xmax = 0) AS fresh) \
+                     SELECT count(*) FILTER (WHERE fresh), count(*) FILTER (WHERE NOT fresh) FROM up",
+                    target = sql.target,
+                    cols = sql.cols.join(", "),
+                    key = sql.key_list(""),
+                ),
+                Some(1),
+                &[],
+            )?
+            .first();
+        Ok::<_, pgrx::spi::Error>((
+            row.get::<i64>(1)?.unwrap_or(0),
+            row.get::<i64>(2)?.unwrap_or(0),
+        ))
+    })
+    .map_err(|e| LakeError::Internal(format!("applying changes to {}: {e}", sql.target)))?;
+    counts.inserted = inserted as u64;
+    counts.updated = updated as u64;
+    spi(&format!("DROP TABLE {STAGE}, {NET}"))?;
+    Ok(Applied::Changes(counts))
+}
+
+/// Without timeseries_key a key holds one row: two rows of one key written by the same commit
+/// mean the source repeats the key, which a snapshot would refuse too.
+fn check_duplicates(
+    sql: &Sql,
+    target: &TargetName,
+    change_type: &str,
+    version: &str,
+) -> Result<()> {
+    let names = sql.key.join(", ");
+    let values = sql
+        .key
+        .iter()
+        .map(|k| format!("{k}::text"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let dup = Spi::get_one::<String>(&format!(
+        "SELECT (SELECT format('(%s)=(%s)', {names_lit}, concat_ws(', ', {values})) FROM {STAGE} \
+         WHERE {change_type} IN ('insert', 'update_postimage') \
+         GROUP BY {key}, {version} HAVING count(*) > 1 LIMIT 1)",
+        names_lit = quote_literal(&names),
+        key = sql.key_list(""),
+    ))
+    .map_err(|e| LakeError::Internal(format!("checking for duplicate keys: {e}")))?;
+    match dup {
+        Some(key) => Err(LakeError::DuplicateKey {
+            target: target.qualified(),
+            key,
+        }),
+        None => Ok(()),
+    }
+}
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn spi(sql: &str) -> Result<u64> {
+    Spi::connect_mut(|c| c.update(sql, None, &[]).map(|t| t.len() as u64))
+        .map_err(|e| LakeError::Internal(format!("{sql}: {e}")))
+}
+
+fn exists(sql: &str) -> Result<bool> {
+    Spi::get_one::<bool>(&format!("SELECT EXISTS ({sql})"))
+        .map(|b| b.unwrap_or(false))
+        .map_err(|e| LakeError::Internal(format!("{sql}: {e}")))
+}

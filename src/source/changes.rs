@@ -1,0 +1,128 @@
+//! Source of incremental syncs: the Delta Change Data Feed between two versions, read with the
+//! kernel's `table_changes` (`_change_data` files where a commit has them, its add/remove
+//! actions otherwise; commits with dataChange=false, such as OPTIMIZE, yield nothing).
+
+use super::scan::{start_with, Batches, ScanStream};
+use super::{unwrap_kernel, DeltaSource};
+use crate::error::{LakeError, Result};
+use crate::options::NullBytes;
+use crate::types::encode::ColumnPlan;
+use crate::types::PgType;
+use delta_kernel::schema::DataType;
+use delta_kernel::table_changes::TableChanges;
+
+/// The change feed's own columns, as the staging table names them.
+pub const CHANGE_TYPE: &str = "_change_type";
+pub const COMMIT_VERSION: &str = "_commit_version";
+
+/// Whether the source has the change feed switched on at its current version.
+pub fn cdf_enabled(source: &DeltaSource) -> bool {
+    source
+        .snapshot
+        .table_properties()
+        .enable_change_data_feed
+        .unwrap_or(false)
+}
+
+/// The id Delta gives a table when it is created; a new id at the same path is a new table.
+pub fn table_id(source: &DeltaSource) -> String {
+    source
+        .snapshot
+        .table_configuration()
+        .metadata()
+        .id()
+        .to_string()
+}
+
+/// The columns a change stream carries: the synced columns, then change type and version.
+pub fn change_columns(columns: &[ColumnPlan]) -> Vec<ColumnPlan> {
+    let mut all = columns.to_vec();
+    all.push(ColumnPlan {
+        name: CHANGE_TYPE.into(),
+        delta_type: DataType::STRING,
+        pg: PgType::Text,
+    });
+    all.push(ColumnPlan {
+        name: COMMIT_VERSION.into(),
+        delta_type: DataType::LONG,
+        pg: PgType::Int8,
+    });
+    all
+}
+
+/// Checks that the change feed of versions `from..=to` can be read, before anything is written:
+/// the reasons it cannot are gaps a user must know about.
+pub fn check_range(source: &DeltaSource, from: i64, to: i64) -> Result<()> {
+    let root = source.snapshot.table_root().clone();
+    TableChanges::try_new(root, source.engine.as_ref(), from as u64, Some(to as u64))
+        .map(|_| ())
+        .map_err(|e| gap_or_error(source, from, to, e))
+}
+
+/// Streams the changes of versions `from..=to` as binary COPY rows of `change_columns(columns)`.
+pub fn start(
+    source: DeltaSource,
+    columns: Vec<ColumnPlan>,
+    key: Vec<usize>,
+    null_bytes: NullBytes,
+    from: i64,
+    to: i64,
+) -> ScanStream {
+    start_with(
+        source,
+        change_columns(&columns),
+        key,
+        null_bytes,
+        move |source, names| {
+            let root = source.snapshot.table_root().clone();
+            let changes =
+                TableChanges::try_new(root, source.engine.as_ref(), from as u64, Some(to as u64))?;
+            let schema = changes.schema().project(names)?;
+            let scan = changes.into_scan_builder().with_schema(schema).build()?;
+            Ok(Box::new(scan.execute(source.engine.clone())?) as Batches)
+        },
+        move |source, e| gap_or_error(source, from, to, e),
+    )
+}
+
+/// Why versions `from..=to` cannot be replayed, in the words a user needs; errors that are not
+/// gaps keep their class.
+pub fn gap_or_error(source: &DeltaSource, from: i64, to: i64, e: delta_kernel::Error) -> LakeError {
+    use delta_kernel::Error as K;
+    let e = unwrap_kernel(e);
+    let text = e.to_string();
+    let table = source.location.display();
+    let reason = match &e {
+        K::ChangeDataFeedUnsupported(v) => Some(format!(
+            "the change data feed of Delta table \"{table}\" is not enabled at version {v}"
+        )),
+        K::MissingVersion => Some(format!(
+            "the log of Delta table \"{table}\" no longer holds versions {from} to {to} (removed by log retention)"
+        )),
+        _ if text.contains("Expected the first commit to have version")
+            || text.contains("versions are not contiguous")
+            || text.contains("Missing commit") =>
+        {
+            Some(format!(
+                "the log of Delta table \"{table}\" no longer holds versions {from} to {to} (removed by log retention)"
+            ))
+        }
+        _ if text.contains("schemas are different") || text.contains("schema") && text.contains("ncompatible") => {
+            Some(format!(
+                "the schema of Delta table \"{table}\" changed between versions {from} and {to} in a way the change feed cannot replay"
+            ))
+        }
+        _ => None,
+    };
+    match reason {
+        Some(reason) => LakeError::Gap { reason },
+        None => match super::classify(&source.location, e) {
+            LakeError::DataFileMissing { detail, .. } => LakeError::Gap {
+                reason: format!(
+                    "a change data file of Delta table \"{table}\" for versions {from} to {to} is gone (removed by VACUUM?): {detail}"
+                ),
+            },
+            other => other,
+        },
+    }
+}

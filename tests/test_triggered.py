@@ -1,0 +1,213 @@
+"""TRIGGERED mode: a first snapshot, then the Change Data Feed applied exactly once."""
+import json
+import os
+
+import psycopg
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable, write_deltalake
+
+from lakecompare import canon_rows, pg_rows, read_expected
+from pgcluster import world_readable_tmpdir
+
+CDF = {"delta.enableChangeDataFeed": "true"}
+
+
+def table_path(name="src"):
+    return os.path.join(world_readable_tmpdir(), name)
+
+
+def readable(path):
+    os.system(f"chmod -R a+rX {path}")
+
+
+def write(path, rows, mode="append", cdf=True):
+    write_deltalake(path, pa.Table.from_pylist(rows), mode=mode,
+                    configuration=CDF if cdf else None)
+    readable(path)
+
+
+def create(db, path, key=("id",), options=None):
+    return db.execute(
+        "SELECT delta_version, rows_loaded, change_source FROM create_synced_table("
+        "'t', %s, %s, 'triggered', %s)",
+        (path, list(key), json.dumps(options or {}))).fetchone()
+
+
+def sync(db, target="t"):
+    return db.execute(
+        "SELECT from_version, delta_version, rows_inserted, rows_updated, rows_deleted, "
+        "change_source, message FROM sync_now(%s)", (target,)).fetchone()
+
+
+def delta_rows(path, version=None):
+    dt = DeltaTable(path, version=version)
+    return sorted(dt.to_pyarrow_table().to_pylist(), key=lambda r: r["id"])
+
+
+def pg_table(db, target="t"):
+    cur = db.execute(f"SELECT * FROM {target} ORDER BY id")
+    names = [d.name for d in cur.description]
+    return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+# -- the shared CDF fixtures ---------------------------------------------------------------
+
+FIXTURE_KEYS = {
+    "cdf-table": ["id"],
+    "cdf-table-non-partitioned": ["id", "name"],
+    "simple_table_with_cdc": ["id"],
+}
+
+
+@pytest.mark.parametrize("table", sorted(FIXTURE_KEYS))
+def test_cdf_fixture_from_each_early_version_to_latest(db, fixtures_dir, expected_dir, table):
+    path = os.path.join(fixtures_dir, table)
+    latest = DeltaTable(path).version()
+    fields = json.loads(DeltaTable(path).schema().to_json())["fields"]
+    expected = canon_rows(read_expected(os.path.join(expected_dir, f"{table}.jsonl")), fields,
+                          "expected")
+    for start in range(latest):
+        target = f'"fx"."{table}_{start}"'
+        r = db.execute(
+            "SELECT delta_version, change_source FROM create_synced_table(%s, %s, %s, "
+            "'triggered', %s)",
+            (target, path, FIXTURE_KEYS[table], json.dumps({"version": start}))).fetchone()
+        assert r == (start, "snapshot")
+        db.execute("UPDATE lakesync.synced_tables SET options = options - 'version' "
+                   "WHERE options ? 'version'")
+        r = db.execute("SELECT from_version, delta_version, change_source FROM sync_now(%s)",
+                       (target,)).fetchone()
+        assert r == (start, latest, "cdf")
+        assert canon_rows(pg_rows(db, target), fields, "actual") == expected, (table, start)
+        runs = db.execute("SELECT change_source, from_version, to_version, status "
+                          "FROM lakesync.sync_runs WHERE target::regclass = %s::regclass "
+                          "ORDER BY run_id", (target,)).fetchall()
+        assert runs == [("snapshot", None, start, "succeeded"),
+                        ("cdf", start, latest, "succeeded")]
+
+
+# -- behaviour on tables written here -------------------------------------------------------
+
+def test_appends_updates_deletes_apply_by_key_with_counts(db):
+    path = table_path()
+    write(path, [{"id": i, "val": f"a{i}"} for i in range(10)])
+    assert create(db, path) == (0, 10, "snapshot")
+    dt = DeltaTable(path)
+    dt.update(predicate="id < 3", updates={"val": "'u'"})          # v1: 3 updates
+    dt.delete(predicate="id >= 8")                                 # v2: 2 deletes
+    write(path, [{"id": i, "val": f"n{i}"} for i in range(10, 14)])  # v3: 4 inserts
+    readable(path)
+    r = sync(db)
+    assert r[:6] == (0, 3, 4, 3, 2, "cdf")
+    assert pg_table(db) == delta_rows(path)
+    run = db.execute("SELECT from_version, to_version, rows_inserted, rows_updated, "
+                     "rows_deleted, change_source FROM lakesync.sync_runs "
+                     "ORDER BY run_id DESC LIMIT 1").fetchone()
+    assert run == (0, 3, 4, 3, 2, "cdf")
+    state = db.execute("SELECT state, synced_version, rows FROM lakesync.synced_tables").fetchone()
+    assert state == ("synced", 3, 12)
+    # Nothing new: nothing applied.
+    assert sync(db)[5:6] == ("none",)
+
+
+def test_last_change_of_a_key_wins_across_commits(db):
+    path = table_path()
+    write(path, [{"id": 1, "val": "first"}, {"id": 2, "val": "keep"}])
+    create(db, path)
+    dt = DeltaTable(path)
+    dt.update(predicate="id = 1", updates={"val": "'second'"})
+    dt.delete(predicate="id = 1")
+    write(path, [{"id": 1, "val": "third"}])
+    dt = DeltaTable(path)
+    dt.update(predicate="id = 1", updates={"val": "'fourth'"})
+    dt.delete(predicate="id = 2")
+    write(path, [{"id": 2, "val": "back"}])
+    readable(path)
+    sync(db)
+    assert pg_table(db) == [{"id": 1, "val": "fourth"}, {"id": 2, "val": "back"}]
+
+
+def test_update_that_changes_the_primary_key_removes_the_old_key(db):
+    path = table_path()
+    write(path, [{"id": i, "val": "x"} for i in range(5)])
+    create(db, path)
+    DeltaTable(path).update(predicate="id = 4", updates={"id": "40"})
+    readable(path)
+    sync(db)
+    assert [r["id"] for r in pg_table(db)] == [0, 1, 2, 3, 40]
+
+
+def test_overwrite_and_optimize(db):
+    path = table_path()
+    for i in range(4):
+        write(path, [{"id": i * 10 + j, "val": "v"} for j in range(10)])
+    create(db, path)
+    DeltaTable(path).optimize.compact()
+    readable(path)
+    r = sync(db)
+    assert r[2:6] == (0, 0, 0, "cdf")  # compaction changes nothing
+    write(path, [{"id": 5, "val": "over"}, {"id": 100, "val": "new"}], mode="overwrite")
+    r = sync(db)
+    assert pg_table(db) == delta_rows(path)
+    assert r[2:5] == (1, 1, 39)
+
+
+def test_triggered_needs_a_primary_key_and_the_change_feed(db):
+    path = table_path()
+    write(path, [{"id": 1, "val": "a"}], cdf=False)
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
+        db.execute("SELECT * FROM create_synced_table('t', %s, NULL, 'triggered')", (path,))
+    assert "primary key" in str(e.value)
+    with pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+        db.execute("SELECT * FROM create_synced_table('t', %s, ARRAY['id'], 'triggered')",
+                   (path,))
+    assert "change data feed" in e.value.diag.message_primary
+    assert e.value.diag.message_hint == (
+        f"Enable it in Delta: ALTER TABLE delta.`{path}` SET TBLPROPERTIES "
+        "(delta.enableChangeDataFeed = true)")
+    assert db.execute("SELECT to_regclass('t'), count(*) FROM lakesync.synced_tables"
+                      ).fetchone() == (None, 0)
+
+
+def test_duplicate_key_in_changes_fails_and_changes_nothing(db):
+    path = table_path()
+    write(path, [{"id": 1, "val": "a"}])
+    create(db, path)
+    write(path, [{"id": 2, "val": "b"}, {"id": 2, "val": "c"}])
+    with pytest.raises(psycopg.errors.UniqueViolation) as e:
+        sync(db)
+    assert "(id)=(2)" in e.value.diag.message_primary
+    assert pg_table(db) == [{"id": 1, "val": "a"}]
+    assert db.execute("SELECT state, synced_version FROM lakesync.synced_tables"
+                      ).fetchone() == ("failed", 0)
+
+
+def test_dry_run_reports_and_changes_nothing(db):
+    path = table_path()
+    write(path, [{"id": i, "val": "a"} for i in range(5)])
+    create(db, path)
+    DeltaTable(path).delete(predicate="id = 0")
+    write(path, [{"id": 9, "val": "b"}])
+    r = db.execute("SELECT from_version, delta_version, rows_inserted, rows_updated, "
+                   "rows_deleted, message FROM sync_now('t', dry_run => true)").fetchone()
+    assert r[:5] == (0, 2, 1, 0, 1)
+    assert r[5].startswith("dry run, nothing changed: ")
+    assert len(pg_table(db)) == 5
+    assert db.execute("SELECT synced_version FROM lakesync.synced_tables").fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM lakesync.sync_runs").fetchone() == (1,)
+    assert sync(db)[2:5] == (1, 0, 1)
+
+
+def test_timeseries_key_appends_keep_latest_and_deletes_reload(db):
+    path = table_path()
+    write(path, [{"id": 1, "ts": 1, "val": "a"}, {"id": 1, "ts": 3, "val": "c"}])
+    create(db, path, options={"timeseries_key": "ts"})
+    write(path, [{"id": 1, "ts": 2, "val": "b"}, {"id": 2, "ts": 1, "val": "x"}])
+    assert sync(db)[5] == "cdf"
+    assert [(r["id"], r["val"]) for r in pg_table(db)] == [(1, "c"), (2, "x")]
+    DeltaTable(path).delete(predicate="ts = 3")
+    readable(path)
+    r = sync(db)
+    assert r[5] == "snapshot" and "timeseries_key" in r[6]
+    assert [(r["id"], r["val"]) for r in pg_table(db)] == [(1, "b"), (2, "x")]
