@@ -1,6 +1,7 @@
-//! Test hooks. Setting `lakesync.debug_pause` to `read`, `apply` or `commit` makes a sync wait
-//! at that point (answering cancel and terminate), so the external tests can kill the backend
-//! exactly there. Unset, a pause point costs one GUC lookup.
+//! Test hooks. Setting `lakesync.debug_pause` to `read`, `apply` or `commit` (optionally
+//! `point:seconds`) makes a sync wait at that point, answering cancel and terminate, so the
+//! external tests can kill the backend exactly there or race another sync against it. Unset, a
+//! pause point costs one GUC lookup.
 
 use pgrx::pg_sys;
 use std::ffi::CStr;
@@ -16,11 +17,17 @@ pub fn pause_point(point: &str) {
         }
         CStr::from_ptr(v).to_string_lossy().into_owned()
     };
-    if wanted != point {
+    let (at, ms) = match wanted.split_once(':') {
+        Some((at, secs)) => (at, secs.parse::<u64>().map_or(MAX_PAUSE_MS, |s| s * 1000)),
+        None => (wanted.as_str(), MAX_PAUSE_MS),
+    };
+    if at != point {
         return;
     }
-    pgrx::log!("pg_lakesync: paused at \"{point}\"");
-    for _ in 0..MAX_PAUSE_MS / 10 {
+    pgrx::log!("pg_lakesync: backend {} paused at \"{point}\"", unsafe {
+        pg_sys::MyProcPid
+    });
+    for _ in 0..ms.min(MAX_PAUSE_MS) / 10 {
         pgrx::check_for_interrupts!();
         unsafe { pg_sys::pg_usleep(10_000) };
     }

@@ -211,3 +211,99 @@ def test_timeseries_key_appends_keep_latest_and_deletes_reload(db):
     r = sync(db)
     assert r[5] == "snapshot" and "timeseries_key" in r[6]
     assert [(r["id"], r["val"]) for r in pg_table(db)] == [(1, "b"), (2, "x")]
+
+
+# -- gaps: versions that cannot be replayed ------------------------------------------------
+
+def state_of(db, target="t"):
+    return db.execute("SELECT state, synced_version FROM lakesync.synced_tables "
+                      "WHERE target::regclass = %s::regclass", (target,)).fetchone()
+
+
+def expect_gap(db, words):
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as e:
+        sync(db)
+    msg = e.value.diag.message_primary
+    assert msg.startswith("cannot sync incrementally: ") and words in msg, msg
+    assert "full_refresh()" in e.value.diag.message_hint
+    return msg
+
+
+def gap_log_removed(path):
+    for i in range(1, 4):
+        write(path, [{"id": 100 + i, "val": "g"}])
+    DeltaTable(path).create_checkpoint()
+    for v in (1, 2):
+        os.remove(os.path.join(path, "_delta_log", f"{v:020d}.json"))
+    return "log retention"
+
+
+def gap_cdf_disabled(path):
+    dt = DeltaTable(path)
+    dt.alter.set_table_properties({"delta.enableChangeDataFeed": "false"})
+    write(path, [{"id": 100, "val": "g"}], cdf=False)
+    DeltaTable(path).alter.set_table_properties({"delta.enableChangeDataFeed": "true"})
+    readable(path)
+    return "not enabled at version"
+
+
+def gap_change_files_vacuumed(path):
+    DeltaTable(path).update(predicate="id = 1", updates={"val": "'g'"})
+    for f in os.listdir(os.path.join(path, "_change_data")):
+        os.remove(os.path.join(path, "_change_data", f))
+    return "change data file"
+
+
+def gap_table_replaced(path):
+    import shutil
+    shutil.rmtree(path)
+    for i in range(3):
+        write(path, [{"id": 200 + i, "val": "new"}])
+    return "replaced by a new table"
+
+
+GAPS = {
+    "log_removed": gap_log_removed,
+    "cdf_disabled": gap_cdf_disabled,
+    "change_files_vacuumed": gap_change_files_vacuumed,
+    "table_replaced": gap_table_replaced,
+}
+
+
+@pytest.mark.parametrize("gap", sorted(GAPS))
+def test_gap_fails_clearly_then_full_refresh_rebuilds(db, gap):
+    path = table_path()
+    write(path, [{"id": i, "val": "a"} for i in range(5)])
+    create(db, path)
+    before = pg_table(db)
+    words = GAPS[gap](path)
+    expect_gap(db, words)
+    assert pg_table(db) == before
+    assert state_of(db) == ("needs_full_refresh", 0)
+    run = db.execute("SELECT status, message FROM lakesync.sync_runs "
+                     "ORDER BY run_id DESC LIMIT 1").fetchone()
+    assert run[0] == "failed" and words in run[1]
+    # It stays that way: later syncs say so instead of skipping versions.
+    expect_gap(db, "needs a full refresh")
+    r = db.execute("SELECT delta_version, change_source, message FROM full_refresh('t')"
+                   ).fetchone()
+    latest = DeltaTable(path).version()
+    assert r[:2] == (latest, "snapshot")
+    assert pg_table(db) == delta_rows(path)
+    assert state_of(db) == ("synced", latest)
+    # And incremental syncs continue from there.
+    write(path, [{"id": 999, "val": "after"}])
+    assert sync(db)[5] == "cdf"
+    assert pg_table(db) == delta_rows(path)
+
+
+@pytest.mark.parametrize("gap", sorted(GAPS))
+def test_on_gap_full_refresh_rebuilds_automatically(db, gap):
+    path = table_path()
+    write(path, [{"id": i, "val": "a"} for i in range(5)])
+    create(db, path, options={"on_gap": "full_refresh"})
+    words = GAPS[gap](path)
+    r = sync(db)
+    assert r[5] == "snapshot" and "full refresh" in r[6] and words in r[6], r
+    assert pg_table(db) == delta_rows(path)
+    assert state_of(db) == ("synced", DeltaTable(path).version())
