@@ -56,6 +56,8 @@ pub enum LakeError {
     },
     /// The versions an incremental sync needs cannot be replayed; only a full refresh helps.
     Gap { reason: String },
+    /// The Delta schema changed in a way that would lose or misplace data if applied by a sync.
+    SchemaChanged { target: String, detail: String },
     /// Anything the Delta reader reports that has no better class.
     Delta { source: String, detail: String },
     /// A bug or an unexpected state of ours.
@@ -63,6 +65,11 @@ pub enum LakeError {
 }
 
 pub type Result<T> = std::result::Result<T, LakeError>;
+
+/// How the messages of the failures that need a full refresh begin (a caught ERROR carries only
+/// its SQLSTATE and text).
+pub const GAP_PREFIX: &str = "cannot sync incrementally: ";
+pub const SCHEMA_PREFIX: &str = "the schema of the Delta table behind synced table ";
 
 impl LakeError {
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -81,7 +88,10 @@ impl LakeError {
 
     /// Whether this failure leaves the synced table needing a full refresh.
     pub fn needs_full_refresh(&self) -> bool {
-        matches!(self, LakeError::Gap { .. })
+        matches!(
+            self,
+            LakeError::Gap { .. } | LakeError::SchemaChanged { .. }
+        )
     }
 
     pub fn sqlstate(&self) -> PgSqlErrorCode {
@@ -101,7 +111,9 @@ impl LakeError {
             LakeError::NullByte { .. } => ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
             LakeError::OutOfRange { .. } => ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
             LakeError::Permission { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
-            LakeError::Gap { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            LakeError::Gap { .. } | LakeError::SchemaChanged { .. } => {
+                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+            }
             LakeError::Delta { .. } => ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
             LakeError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
@@ -132,6 +144,10 @@ impl LakeError {
                  or set option \"on_gap\" to \"full_refresh\" to do that automatically."
                     .into(),
             ),
+            LakeError::SchemaChanged { target, .. } => Some(format!(
+                "Run full_refresh('{target}') to rebuild the table with the new schema; it \
+                 holds an exclusive lock on the table while it runs."
+            )),
             LakeError::NullByte { .. } => Some(
                 "Postgres text cannot hold NUL bytes; set option \"null_bytes\" to \"strip\" \
                  to remove them."
@@ -197,7 +213,10 @@ impl fmt::Display for LakeError {
                 write!(f, "value of column \"{column}\" in the row with key {key} is out of range: {detail}")
             }
             LakeError::Permission { message, .. } => write!(f, "{message}"),
-            LakeError::Gap { reason } => write!(f, "cannot sync incrementally: {reason}"),
+            LakeError::Gap { reason } => write!(f, "{GAP_PREFIX}{reason}"),
+            LakeError::SchemaChanged { target, detail } => {
+                write!(f, "{SCHEMA_PREFIX}\"{target}\" changed: {detail}")
+            }
             LakeError::Delta { source, detail } => {
                 write!(f, "reading Delta table \"{source}\" failed: {detail}")
             }

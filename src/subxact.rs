@@ -49,7 +49,8 @@ pub fn needs_full_refresh(e: &CaughtError) -> bool {
         CaughtError::RustPanic { ereport, .. } => ereport,
     };
     r.sql_error_code() == pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
-        && r.message().starts_with("cannot sync incrementally")
+        && (r.message().starts_with(crate::error::GAP_PREFIX)
+            || r.message().starts_with(crate::error::SCHEMA_PREFIX))
 }
 
 /// The message of a caught error, for the run record.

@@ -5,6 +5,7 @@ use crate::apply::changes::Applied;
 use crate::catalog::{self, RowCount, Spec, SyncedState};
 use crate::error::{LakeError, Result};
 use crate::options::{ChangeDetection, Mode, OnGap, SyncOptions};
+use crate::plan::evolve::{self, Change};
 use crate::plan::target::TargetName;
 use crate::plan::{plan_columns, ColumnsPlan};
 use crate::record::{self, RunRecord};
@@ -47,6 +48,19 @@ struct Run<'a> {
     opts: &'a SyncOptions,
     started: TimestampWithTimeZone,
     clock: Instant,
+    /// How the target's columns must change to hold the source's schema.
+    schema: Vec<Change>,
+    evolved: std::cell::Cell<bool>,
+}
+
+impl Run<'_> {
+    /// Applies the schema changes to the target, once.
+    fn evolve(&self) -> Result<()> {
+        if !self.evolved.replace(true) {
+            apply::ddl::evolve(self.target, &self.schema)?;
+        }
+        Ok(())
+    }
 }
 
 /// `create_synced_table`: validate everything, create the target, record the spec and run the
@@ -108,6 +122,8 @@ pub fn create(req: NewSyncedTable) -> Result<SyncReport> {
         opts: &opts,
         started,
         clock,
+        schema: Vec::new(),
+        evolved: Default::default(),
     };
     load_snapshot(&run, source, &plan, None, false, None)
 }
@@ -217,6 +233,9 @@ fn sync_existing(
             "Run drop_synced_table('{qualified}') and create it again."
         )),
     })?;
+    let source = open_source(&location, opts.version)?;
+    let version = source.version();
+    let plan = plan_columns(&source, &opts, &spec.primary_key)?;
     let run = Run {
         target: name,
         relid,
@@ -224,11 +243,9 @@ fn sync_existing(
         opts: &opts,
         started,
         clock,
+        schema: evolve::diff(&catalog::table_columns(relid)?, &plan),
+        evolved: Default::default(),
     };
-    let source = open_source(&location, opts.version)?;
-    let version = source.version();
-    let plan = plan_columns(&source, &opts, &spec.primary_key)?;
-    check_target_columns(&qualified, relid, &plan)?;
     if full {
         return load_snapshot(
             &run,
@@ -236,10 +253,33 @@ fn sync_existing(
             &plan,
             spec.synced_version,
             true,
-            Some("full refresh"),
+            Some("requested"),
         );
     }
-    if spec.state == "synced" && spec.synced_version == Some(version) {
+    let lossy: Vec<String> = run
+        .schema
+        .iter()
+        .filter(|c| !c.keeps_data())
+        .map(|c| c.describe())
+        .collect();
+    if !lossy.is_empty() {
+        let e = LakeError::SchemaChanged {
+            target: qualified,
+            detail: lossy.join("; "),
+        };
+        return match (mode, opts.on_gap) {
+            (Mode::Triggered, OnGap::FullRefresh) => load_snapshot(
+                &run,
+                source,
+                &plan,
+                spec.synced_version,
+                true,
+                Some(&e.to_string()),
+            ),
+            _ => Err(e),
+        };
+    }
+    if spec.state == "synced" && spec.synced_version == Some(version) && run.schema.is_empty() {
         return Ok(SyncReport {
             target: qualified,
             source: location.display(),
@@ -260,32 +300,31 @@ fn sync_existing(
         // Snapshot mode, or a first sync that never completed: read it all.
         _ => return load_snapshot(&run, source, &plan, spec.synced_version, true, None),
     };
-    let gap = if spec.state == "needs_full_refresh" {
-        Some(LakeError::Gap {
+    let segments = if spec.state == "needs_full_refresh" {
+        Err(LakeError::Gap {
             reason: format!(
                 "synced table \"{qualified}\" needs a full refresh since an earlier sync failed"
             ),
         })
     } else {
         find_gap(&source, &spec, synced)
+            .map_or_else(|| segments(&source, &plan, &run.schema, synced), Err)
     };
-    if let Some(gap) = gap {
-        return match opts.on_gap {
-            OnGap::FullRefresh => load_snapshot(
-                &run,
-                source,
-                &plan,
-                Some(synced),
-                true,
-                Some(&gap.to_string()),
-            ),
-            OnGap::Fail => Err(gap),
-        };
+    match segments {
+        Ok(segments) => apply_changes(&run, source, &plan, synced, segments),
+        Err(gap) if gap.needs_full_refresh() && opts.on_gap == OnGap::FullRefresh => load_snapshot(
+            &run,
+            source,
+            &plan,
+            Some(synced),
+            true,
+            Some(&gap.to_string()),
+        ),
+        Err(e) => Err(e),
     }
-    apply_changes(&run, source, &plan, synced)
 }
 
-/// A reason the versions after `synced` cannot be replayed, if there is one.
+/// A reason the versions after `synced` cannot be replayed, known before reading the range.
 fn find_gap(source: &DeltaSource, spec: &Spec, synced: i64) -> Option<LakeError> {
     let display = source.location.display();
     let id = changes::table_id(source);
@@ -306,72 +345,114 @@ fn find_gap(source: &DeltaSource, spec: &Spec, synced: i64) -> Option<LakeError>
             ),
         });
     }
-    if version > synced {
-        if let Err(e) = changes::check_range(source, synced + 1, version) {
-            return Some(e);
-        }
-    }
     None
 }
 
-/// Applies the change feed of versions `synced+1..=latest`. A gap found while reading (a
-/// vacuumed change file, say) is handled like one found before, per option on_gap.
+/// A range of versions with one schema, and the plan to read its changes with.
+struct Segment {
+    from: i64,
+    to: i64,
+    plan: ColumnsPlan,
+}
+
+/// Splits `synced+1..=latest` where the Delta schema changed (the change feed is read with one
+/// schema at a time) and checks each piece can be replayed.
+fn segments(
+    source: &DeltaSource,
+    plan: &ColumnsPlan,
+    schema: &[Change],
+    synced: i64,
+) -> Result<Vec<Segment>> {
+    let (from, to) = (synced + 1, source.version());
+    if to < from {
+        return Ok(Vec::new());
+    }
+    let mut bounds = vec![from];
+    if !schema.is_empty() {
+        let src = source.clone();
+        let found = crate::offload::run(move || changes::metadata_versions(&src, from, to))?;
+        bounds.extend(found.into_iter().filter(|&v| v > from));
+    }
+    let mut out = Vec::with_capacity(bounds.len());
+    for (i, &start) in bounds.iter().enumerate() {
+        let end = bounds.get(i + 1).map_or(to, |next| next - 1);
+        let src = source.clone();
+        crate::offload::run(move || changes::check_range(&src, start, end))?;
+        let seg_plan = if bounds.len() == 1 {
+            plan.clone()
+        } else {
+            let src = source.clone();
+            let present = crate::offload::run(move || changes::columns_at(&src, start))?;
+            plan.restricted_to(&present).ok_or_else(|| LakeError::Gap {
+                reason: format!(
+                    "Delta table \"{}\" did not have all primary key columns at version {start}",
+                    source.location.display()
+                ),
+            })?
+        };
+        out.push(Segment {
+            from: start,
+            to: end,
+            plan: seg_plan,
+        });
+    }
+    Ok(out)
+}
+
+/// Applies the change feed segment by segment, after adding and widening columns. A gap found
+/// while reading (a vacuumed change file, say) is handled like one found before, per on_gap.
 fn apply_changes(
     run: &Run,
     source: DeltaSource,
     plan: &ColumnsPlan,
     synced: i64,
+    segments: Vec<Segment>,
 ) -> Result<SyncReport> {
-    let version = source.version();
-    if version == synced {
-        // The last run failed after the data was already at this version.
-        return record_success(run, &source, Some(synced), "cdf", Counts::default(), None);
-    }
-    let fallback = source.clone();
-    let stream = changes::start(
-        source,
-        plan.columns.clone(),
-        plan.key.clone(),
-        run.opts.null_bytes,
-        synced + 1,
-        version,
-    );
-    let applied = crate::subxact::run(true, || apply::changes::apply(run.target, plan, stream));
-    let applied = match applied {
-        Ok(r) => r?,
-        Err(caught)
-            if run.opts.on_gap == OnGap::FullRefresh
-                && crate::subxact::needs_full_refresh(&caught) =>
-        {
-            let why = crate::subxact::message(&caught);
-            return load_snapshot(run, fallback, plan, Some(synced), true, Some(&why));
+    run.evolve()?;
+    let mut total = Counts::default();
+    for seg in segments {
+        let stream = changes::start(
+            source.clone(),
+            seg.plan.columns.clone(),
+            seg.plan.key.clone(),
+            run.opts.null_bytes,
+            seg.from,
+            seg.to,
+        );
+        let applied = crate::subxact::run(true, || {
+            apply::changes::apply(run.target, &seg.plan, stream)
+        });
+        let applied = match applied {
+            Ok(r) => r?,
+            Err(caught)
+                if run.opts.on_gap == OnGap::FullRefresh
+                    && crate::subxact::needs_full_refresh(&caught) =>
+            {
+                let why = crate::subxact::message(&caught);
+                return load_snapshot(run, source, plan, Some(synced), true, Some(&why));
+            }
+            Err(caught) => caught.rethrow(),
+        };
+        match applied {
+            Applied::NeedsSnapshot => {
+                return load_snapshot(
+                    run,
+                    source,
+                    plan,
+                    Some(synced),
+                    true,
+                    Some("timeseries_key with deletes or updates in the change feed"),
+                )
+            }
+            Applied::Changes(c) => {
+                total.inserted += c.inserted as i64;
+                total.updated += c.updated as i64;
+                total.deleted += c.deleted as i64;
+                total.skipped += c.skipped_null_key as i64;
+            }
         }
-        Err(caught) => caught.rethrow(),
-    };
-    match applied {
-        Applied::NeedsSnapshot => load_snapshot(
-            run,
-            fallback,
-            plan,
-            Some(synced),
-            true,
-            Some("timeseries_key with deletes or updates in the change feed"),
-        ),
-        Applied::Changes(c) => record_success(
-            run,
-            &fallback,
-            Some(synced),
-            "cdf",
-            Counts {
-                inserted: c.inserted as i64,
-                updated: c.updated as i64,
-                deleted: c.deleted as i64,
-                skipped: c.skipped_null_key as i64,
-                superseded: 0,
-            },
-            None,
-        ),
     }
+    record_success(run, &source, Some(synced), "cdf", total, None)
 }
 
 #[derive(Default, Clone, Copy)]
@@ -393,6 +474,13 @@ fn load_snapshot(
     replace_existing: bool,
     why: Option<&str>,
 ) -> Result<SyncReport> {
+    // A type change or a dropped column is applied after the old rows are gone.
+    let cleared = if replace_existing && run.schema.iter().any(|c| !c.keeps_data()) {
+        Some(apply::snapshot::clear(run.target)?)
+    } else {
+        None
+    };
+    run.evolve()?;
     let meta = source.clone();
     let stream = scan::start(
         source,
@@ -400,7 +488,13 @@ fn load_snapshot(
         plan.key.clone(),
         run.opts.null_bytes,
     );
-    let loaded = apply::snapshot::load(run.target, run.relid, plan, stream, replace_existing)?;
+    let loaded = apply::snapshot::load(
+        run.target,
+        run.relid,
+        plan,
+        stream,
+        replace_existing && cleared.is_none(),
+    )?;
     record_success(
         run,
         &meta,
@@ -409,7 +503,7 @@ fn load_snapshot(
         Counts {
             inserted: loaded.inserted as i64,
             updated: 0,
-            deleted: loaded.deleted as i64,
+            deleted: cleared.unwrap_or(loaded.deleted) as i64,
             skipped: loaded.skipped_null_key as i64,
             superseded: loaded.superseded as i64,
         },
@@ -449,6 +543,10 @@ fn record_success(
             ", {} older rows replaced by timeseries_key",
             c.superseded
         ));
+    }
+    if !run.schema.is_empty() {
+        let notes: Vec<String> = run.schema.iter().map(Change::describe).collect();
+        message.push_str(&format!("; schema: {}", notes.join(", ")));
     }
     if let Some(why) = why {
         message.push_str(&format!(" (full refresh: {why})"));
@@ -493,37 +591,6 @@ fn record_success(
         duration: run.clock.elapsed(),
         message,
     })
-}
-
-/// Snapshot mode cannot change the table's shape yet: a changed Delta schema is an error that
-/// says what changed, before anything is deleted.
-fn check_target_columns(qualified: &str, relid: pg_sys::Oid, plan: &ColumnsPlan) -> Result<()> {
-    let existing = catalog::table_columns(relid)?;
-    for c in &plan.columns {
-        match existing.iter().find(|(n, _)| *n == c.name) {
-            None => {
-                return Err(LakeError::Unsupported {
-                    message: format!(
-                        "the Delta table gained column \"{}\", which synced table \"{qualified}\" does not have",
-                        c.name
-                    ),
-                    hint: Some("Drop the synced table and create it again to pick up the new schema.".into()),
-                })
-            }
-            Some((_, t)) if *t != c.pg.sql() => {
-                return Err(LakeError::Unsupported {
-                    message: format!(
-                        "column \"{}\" of the Delta table now maps to {}, but synced table \"{qualified}\" has {t}",
-                        c.name,
-                        c.pg.sql()
-                    ),
-                    hint: Some("Drop the synced table and create it again to pick up the new schema.".into()),
-                })
-            }
-            _ => {}
-        }
-    }
-    Ok(())
 }
 
 /// Opens the source off the backend's thread, answering cancel requests while it waits.

@@ -307,3 +307,87 @@ def test_on_gap_full_refresh_rebuilds_automatically(db, gap):
     assert r[5] == "snapshot" and "full refresh" in r[6] and words in r[6], r
     assert pg_table(db) == delta_rows(path)
     assert state_of(db) == ("synced", DeltaTable(path).version())
+
+
+# -- schema evolution ------------------------------------------------------------------------
+
+def columns_of(db, target="t"):
+    return db.execute("SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute "
+                      "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped "
+                      "ORDER BY attnum", (target,)).fetchall()
+
+
+def test_added_column_is_added_and_changes_before_and_after_apply(db):
+    path = table_path()
+    write(path, [{"id": i, "val": "a"} for i in range(4)])
+    create(db, path)
+    write(path, [{"id": 10, "val": "old schema"}])                          # v1
+    write_deltalake(path, pa.Table.from_pylist([{"id": 11, "val": "b", "score": 1.5}]),
+                    mode="append", schema_mode="merge")                      # v2: adds score
+    DeltaTable(path).update(predicate="id = 0", updates={"score": "2.5"})   # v3
+    readable(path)
+    r = sync(db)
+    assert r[5] == "cdf" and 'added column "score" double precision' in r[6], r
+    assert columns_of(db) == [("id", "bigint"), ("val", "text"), ("score", "double precision")]
+    assert pg_table(db) == delta_rows(path)
+    run = db.execute("SELECT message FROM lakesync.sync_runs ORDER BY run_id DESC LIMIT 1"
+                     ).fetchone()[0]
+    assert 'added column "score"' in run
+    write(path, [{"id": 12, "val": "c", "score": 3.5}])
+    sync(db)
+    assert pg_table(db) == delta_rows(path)
+
+
+def test_widened_column_is_widened_in_place(db):
+    path = table_path()
+    schema = pa.schema([("id", pa.int64()), ("qty", pa.int32())])
+    write_deltalake(path, pa.Table.from_pylist([{"id": 1, "qty": 5}], schema=schema),
+                    configuration=CDF)
+    readable(path)
+    create(db, path)
+    wide = pa.schema([("id", pa.int64()), ("qty", pa.int64())])
+    write_deltalake(path, pa.Table.from_pylist([{"id": 1, "qty": 5}, {"id": 2, "qty": 2**40}],
+                                               schema=wide),
+                    mode="overwrite", schema_mode="overwrite")
+    readable(path)
+    r = sync(db)
+    assert r[5] == "cdf" and "widened column \"qty\" from integer to bigint" in r[6], r
+    assert columns_of(db) == [("id", "bigint"), ("qty", "bigint")]
+    assert pg_table(db) == delta_rows(path)
+
+
+@pytest.mark.parametrize("change", ["dropped", "renamed", "narrowed"])
+def test_lossy_schema_change_needs_full_refresh(db, change):
+    path = table_path()
+    schema = pa.schema([("id", pa.int64()), ("val", pa.string()), ("qty", pa.int64())])
+    write_deltalake(path, pa.Table.from_pylist([{"id": 1, "val": "a", "qty": 1}], schema=schema),
+                    configuration=CDF)
+    readable(path)
+    create(db, path)
+    db.execute("CREATE INDEX t_val ON t (val)")
+    new = {
+        "dropped": pa.schema([("id", pa.int64()), ("qty", pa.int64())]),
+        "renamed": pa.schema([("id", pa.int64()), ("value", pa.string()), ("qty", pa.int64())]),
+        "narrowed": pa.schema([("id", pa.int64()), ("val", pa.string()), ("qty", pa.int32())]),
+    }[change]
+    rows = [{k: v for k, v in {"id": 2, "val": "b", "value": "b", "qty": 2}.items()
+             if k in new.names}]
+    write_deltalake(path, pa.Table.from_pylist(rows, schema=new), mode="overwrite",
+                    schema_mode="overwrite")
+    readable(path)
+    before = pg_table(db)
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as e:
+        sync(db)
+    words = {"dropped": '"val" is no longer in the Delta table',
+             "renamed": '"val" is no longer in the Delta table',
+             "narrowed": '"qty" changed type from bigint to integer'}[change]
+    assert words in e.value.diag.message_primary
+    assert "full_refresh('public.t')" in e.value.diag.message_hint
+    assert pg_table(db) == before
+    assert state_of(db) == ("needs_full_refresh", 0)
+    r = db.execute("SELECT change_source, message FROM full_refresh('t')").fetchone()
+    assert r[0] == "snapshot"
+    assert pg_table(db) == delta_rows(path)
+    # A renamed column comes back at the end: columns are matched by name.
+    assert sorted(c for c, _ in columns_of(db)) == sorted(new.names)
+    assert state_of(db) == ("synced", 1)

@@ -2,6 +2,7 @@
 //! primary key constraint.
 
 use crate::error::{LakeError, Result};
+use crate::plan::evolve::Change;
 use crate::plan::target::{quote_ident, TargetName};
 use crate::plan::ColumnsPlan;
 use pgrx::prelude::*;
@@ -41,4 +42,33 @@ pub fn create_target(target: &TargetName, plan: &ColumnsPlan) -> Result<pg_sys::
     ))?;
     crate::catalog::relation_oid(&target.qualified())?
         .ok_or_else(|| LakeError::Internal("the new target table is not visible".into()))
+}
+
+/// Changes the target's columns to match the Delta schema. Type changes that are not widenings
+/// and drops only ever run in a full refresh, after the old rows are deleted, so a cast to the
+/// new type has no rows to convert.
+pub fn evolve(target: &TargetName, changes: &[Change]) -> Result<()> {
+    let t = target.qualified();
+    for change in changes {
+        let sql = match change {
+            Change::Add(c) => format!(
+                "ALTER TABLE {t} ADD COLUMN {} {}",
+                quote_ident(&c.name),
+                c.pg.sql()
+            ),
+            Change::Widen { column: c, .. } => {
+                let (n, ty) = (quote_ident(&c.name), c.pg.sql());
+                format!("ALTER TABLE {t} ALTER COLUMN {n} TYPE {ty} USING {n}::{ty}")
+            }
+            Change::Retype { column: c, .. } => {
+                let (n, ty) = (quote_ident(&c.name), c.pg.sql());
+                format!("ALTER TABLE {t} ALTER COLUMN {n} TYPE {ty} USING NULL::{ty}")
+            }
+            Change::Drop(name) => format!("ALTER TABLE {t} DROP COLUMN {}", quote_ident(name)),
+        };
+        Spi::run(&sql).map_err(|e| {
+            LakeError::Internal(format!("cannot change the schema of {t} ({sql}): {e}"))
+        })?;
+    }
+    Ok(())
 }

@@ -23,6 +23,11 @@ pub struct LoadResult {
     pub superseded: u64,
 }
 
+/// Deletes every row of the target (readers keep seeing them until commit); returns how many.
+pub fn clear(target: &TargetName) -> Result<u64> {
+    spi_count(&format!("DELETE FROM {}", target.qualified()))
+}
+
 pub fn load(
     target: &TargetName,
     relid: pg_sys::Oid,
@@ -32,7 +37,7 @@ pub fn load(
 ) -> Result<LoadResult> {
     let mut result = LoadResult::default();
     if replace_existing {
-        result.deleted = spi_count(&format!("DELETE FROM {}", target.qualified()))?;
+        result.deleted = clear(target)?;
     }
     let names: Vec<String> = plan.columns.iter().map(|c| c.name.clone()).collect();
     match plan.timeseries {

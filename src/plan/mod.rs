@@ -1,6 +1,7 @@
 //! Plan: from a Delta schema and a spec, decide the target's columns and key, before anything
 //! is written. Every mistake in the spec is found here.
 
+pub mod evolve;
 pub mod target;
 
 use crate::error::{LakeError, Result};
@@ -111,4 +112,30 @@ pub fn plan_columns(
         key,
         timeseries,
     })
+}
+
+impl ColumnsPlan {
+    /// The plan for data written when the table had only the columns `present`: the synced
+    /// columns among them, with the types they have now. None when a key or timeseries column
+    /// is missing, as no change of such data can be applied by key.
+    pub fn restricted_to(&self, present: &[String]) -> Option<ColumnsPlan> {
+        let keep: Vec<usize> = (0..self.columns.len())
+            .filter(|&i| present.contains(&self.columns[i].name))
+            .collect();
+        let new_pos = |old: usize| keep.iter().position(|&k| k == old);
+        let key = self
+            .key
+            .iter()
+            .map(|&k| new_pos(k))
+            .collect::<Option<Vec<_>>>()?;
+        let timeseries = match self.timeseries {
+            None => None,
+            Some(t) => Some(new_pos(t)?),
+        };
+        Some(ColumnsPlan {
+            columns: keep.iter().map(|&i| self.columns[i].clone()).collect(),
+            key,
+            timeseries,
+        })
+    }
 }

@@ -126,3 +126,50 @@ pub fn gap_or_error(source: &DeltaSource, from: i64, to: i64, e: delta_kernel::E
         },
     }
 }
+
+/// The versions in `from..=to` whose commit carries a metaData action (a schema or property
+/// change): the change feed is read in segments between them, each with one schema.
+pub fn metadata_versions(source: &DeltaSource, from: i64, to: i64) -> Result<Vec<i64>> {
+    let _guard = super::runtime().enter();
+    let root = source.snapshot.table_root().clone();
+    let mut files = Vec::new();
+    for v in from..=to {
+        let url = root
+            .join(&format!("_delta_log/{v:020}.json"))
+            .map_err(|e| LakeError::Internal(format!("log file URL: {e}")))?;
+        files.push((url, None));
+    }
+    let contents = source
+        .engine
+        .storage_handler()
+        .read_files(files)
+        .map_err(|e| gap_or_error(source, from, to, e))?;
+    let mut found = Vec::new();
+    for (v, bytes) in (from..=to).zip(contents) {
+        let bytes = bytes.map_err(|e| gap_or_error(source, from, to, e))?;
+        let has_metadata = bytes.split(|b| *b == b'\n').any(|line| {
+            serde_json::from_slice::<serde_json::Value>(line)
+                .ok()
+                .is_some_and(|a| a.get("metaData").is_some())
+        });
+        if has_metadata {
+            found.push(v);
+        }
+    }
+    Ok(found)
+}
+
+/// The table's column names at `version`.
+pub fn columns_at(source: &DeltaSource, version: i64) -> Result<Vec<String>> {
+    let _guard = super::runtime().enter();
+    let root = source.snapshot.table_root().clone();
+    let snapshot = delta_kernel::Snapshot::builder_for(root)
+        .at_version(version as u64)
+        .build(source.engine.as_ref())
+        .map_err(|e| gap_or_error(source, version, version, e))?;
+    Ok(snapshot
+        .schema()
+        .fields()
+        .map(|f| f.name().clone())
+        .collect())
+}

@@ -246,6 +246,28 @@ fn normalize(a: &ArrayRef, c: &ColumnPlan) -> Result<ArrayRef> {
             Some(ArrowType::Timestamp(TimeUnit::Microsecond, tz.clone()))
         }
         (ArrowType::Date64, PgType::Date) => Some(ArrowType::Date32),
+        // Data written before a Delta type widening, read for the widened column.
+        (ArrowType::Int8 | ArrowType::Int16, PgType::Int4) => Some(ArrowType::Int32),
+        (ArrowType::Int8 | ArrowType::Int16 | ArrowType::Int32, PgType::Int8) => {
+            Some(ArrowType::Int64)
+        }
+        (
+            ArrowType::Int8 | ArrowType::Int16 | ArrowType::Int32 | ArrowType::Float32,
+            PgType::Float8,
+        ) => Some(ArrowType::Float64),
+        (ArrowType::Date32, PgType::Timestamp) => {
+            Some(ArrowType::Timestamp(TimeUnit::Microsecond, None))
+        }
+        (
+            ArrowType::Int8
+            | ArrowType::Int16
+            | ArrowType::Int32
+            | ArrowType::Int64
+            | ArrowType::Decimal128(..),
+            PgType::Numeric { precision, scale },
+        ) if a.data_type() != &ArrowType::Decimal128(*precision, *scale as i8) => {
+            Some(ArrowType::Decimal128(*precision, *scale as i8))
+        }
         _ => None,
     };
     match want {
