@@ -1,16 +1,16 @@
 //! One sync, end to end: source → plan → apply → record.
 
 use crate::apply;
-use crate::apply::changes::Applied;
+use crate::apply::changes::{Applied, StagePart};
 use crate::catalog::{self, RowCount, Spec, SyncedState};
 use crate::error::{LakeError, Result};
-use crate::options::{ChangeDetection, Mode, OnGap, SyncOptions};
+use crate::options::{ChangeDetection, Mode, NullBytes, OnGap, SyncOptions};
 use crate::plan::evolve::{self, Change};
 use crate::plan::target::TargetName;
 use crate::plan::{plan_columns, ColumnsPlan};
 use crate::record::{self, RunRecord};
 use crate::source::location::SourceLocation;
-use crate::source::{self, changes, scan, DeltaSource};
+use crate::source::{self, changes, files, scan, DeltaSource};
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use std::time::{Duration, Instant};
@@ -76,7 +76,7 @@ pub fn create(req: NewSyncedTable) -> Result<SyncReport> {
         });
     }
     let opts = SyncOptions::parse(&req.options)?;
-    check_mode_options(mode, &opts, &req.primary_key, &req.options)?;
+    check_mode_options(mode, &req.primary_key, &req.options)?;
     let target = TargetName::parse(req.target, &catalog::default_schema()?)?;
     let qualified = target.qualified();
     let location = SourceLocation::parse(req.source)?;
@@ -91,14 +91,17 @@ pub fn create(req: NewSyncedTable) -> Result<SyncReport> {
         return Err(LakeError::TargetExists(qualified));
     }
     let source = open_source(&location, opts.version)?;
-    if mode == Mode::Triggered && !changes::cdf_enabled(&source) {
+    if mode == Mode::Triggered
+        && opts.change_detection == ChangeDetection::Cdf
+        && !changes::cdf_enabled(&source)
+    {
         return Err(LakeError::Unsupported {
             message: format!(
                 "Delta table \"{}\" does not have its change data feed enabled, which triggered mode reads",
                 location.display()
             ),
             hint: Some(format!(
-                "Enable it in Delta: ALTER TABLE delta.`{}` SET TBLPROPERTIES (delta.enableChangeDataFeed = true)",
+                "Enable it in Delta: ALTER TABLE delta.`{}` SET TBLPROPERTIES (delta.enableChangeDataFeed = true); or pass option \"change_detection\": \"files\" to derive the changes from the data files.",
                 location.display()
             )),
         });
@@ -129,12 +132,7 @@ pub fn create(req: NewSyncedTable) -> Result<SyncReport> {
 }
 
 /// What a mode requires of the spec, checked before anything is created.
-fn check_mode_options(
-    mode: Mode,
-    opts: &SyncOptions,
-    primary_key: &[String],
-    raw: &serde_json::Value,
-) -> Result<()> {
+fn check_mode_options(mode: Mode, primary_key: &[String], raw: &serde_json::Value) -> Result<()> {
     match mode {
         Mode::Triggered => {
             if primary_key.is_empty() {
@@ -142,12 +140,6 @@ fn check_mode_options(
                     "triggered mode needs a primary key to apply changes by",
                     "Pass primary_key => ARRAY['...'] to create_synced_table.",
                 ));
-            }
-            if opts.change_detection == ChangeDetection::Files {
-                return Err(LakeError::Unsupported {
-                    message: "change_detection \"files\" is not available yet".into(),
-                    hint: Some("Enable the change data feed on the Delta table instead.".into()),
-                });
             }
         }
         _ => {
@@ -300,18 +292,27 @@ fn sync_existing(
         // Snapshot mode, or a first sync that never completed: read it all.
         _ => return load_snapshot(&run, source, &plan, spec.synced_version, true, None),
     };
-    let segments = if spec.state == "needs_full_refresh" {
+    let planned = if spec.state == "needs_full_refresh" {
         Err(LakeError::Gap {
             reason: format!(
                 "synced table \"{qualified}\" needs a full refresh since an earlier sync failed"
             ),
         })
+    } else if let Some(gap) = find_gap(&source, &spec, synced) {
+        Err(gap)
     } else {
-        find_gap(&source, &spec, synced)
-            .map_or_else(|| segments(&source, &plan, &run.schema, synced), Err)
+        match opts.change_detection {
+            ChangeDetection::Cdf => segments(&source, &plan, &run.schema, synced)
+                .map(|segs| (cdf_steps(&source, segs, opts.null_bytes), "cdf")),
+            ChangeDetection::Files => {
+                file_steps(&source, &plan, synced, opts.null_bytes).map(|s| (s, "files"))
+            }
+        }
     };
-    match segments {
-        Ok(segments) => apply_changes(&run, source, &plan, synced, segments),
+    match planned {
+        Ok((steps, change_source)) => {
+            apply_changes(&run, source, &plan, synced, steps, change_source)
+        }
         Err(gap) if gap.needs_full_refresh() && opts.on_gap == OnGap::FullRefresh => load_snapshot(
             &run,
             source,
@@ -399,28 +400,85 @@ fn segments(
     Ok(out)
 }
 
-/// Applies the change feed segment by segment, after adding and widening columns. A gap found
-/// while reading (a vacuumed change file, say) is handled like one found before, per on_gap.
+/// One round of staged changes: the plan their rows follow and where the rows come from.
+struct Step {
+    plan: ColumnsPlan,
+    parts: Vec<StagePart>,
+}
+
+/// The change feed of each segment, one step each.
+fn cdf_steps(source: &DeltaSource, segments: Vec<Segment>, null_bytes: NullBytes) -> Vec<Step> {
+    segments
+        .into_iter()
+        .map(|seg| {
+            let (src, columns, key) = (
+                source.clone(),
+                seg.plan.columns.clone(),
+                seg.plan.key.clone(),
+            );
+            let (from, to) = (seg.from, seg.to);
+            let part = StagePart::all(&seg.plan, move || {
+                changes::start(src, columns, key, null_bytes, from, to)
+            });
+            Step {
+                plan: seg.plan,
+                parts: vec![part],
+            }
+        })
+        .collect()
+}
+
+/// The changes since `synced` derived from the data files: the keys of files gone since then
+/// (deletes) and the rows of files new since then (upserts), in one step.
+fn file_steps(
+    source: &DeltaSource,
+    plan: &ColumnsPlan,
+    synced: i64,
+    null_bytes: NullBytes,
+) -> Result<Vec<Step>> {
+    let src = source.clone();
+    let diff = match crate::offload::run(move || files::diff(&src, synced))? {
+        Some(d) if !d.is_empty() => std::sync::Arc::new(d),
+        _ => return Ok(Vec::new()), // only compaction, or nothing at all
+    };
+    let mut parts = Vec::new();
+    if !diff.gone.is_empty() {
+        let key_columns: Vec<_> = plan.key.iter().map(|&k| plan.columns[k].clone()).collect();
+        let (src, d) = (source.clone(), diff.clone());
+        parts.push(StagePart {
+            columns: key_columns.iter().map(|c| c.name.clone()).collect(),
+            stream: Box::new(move || files::start_gone(src, &d, key_columns, null_bytes)),
+        });
+    }
+    if !diff.new.is_empty() {
+        let (src, d) = (source.clone(), diff.clone());
+        let (columns, key) = (plan.columns.clone(), plan.key.clone());
+        parts.push(StagePart::all(plan, move || {
+            files::start_new(src, &d, columns, key, null_bytes)
+        }));
+    }
+    Ok(vec![Step {
+        plan: plan.clone(),
+        parts,
+    }])
+}
+
+/// Applies the steps after adding and widening columns. A gap found while reading (a vacuumed
+/// file, say) is handled like one found before, per option on_gap.
 fn apply_changes(
     run: &Run,
     source: DeltaSource,
     plan: &ColumnsPlan,
     synced: i64,
-    segments: Vec<Segment>,
+    steps: Vec<Step>,
+    change_source: &'static str,
 ) -> Result<SyncReport> {
     run.evolve()?;
     let mut total = Counts::default();
-    for seg in segments {
-        let stream = changes::start(
-            source.clone(),
-            seg.plan.columns.clone(),
-            seg.plan.key.clone(),
-            run.opts.null_bytes,
-            seg.from,
-            seg.to,
-        );
+    for step in steps {
+        let (plan_of_step, parts) = (step.plan, step.parts);
         let applied = crate::subxact::run(true, || {
-            apply::changes::apply(run.target, &seg.plan, stream)
+            apply::changes::apply(run.target, &plan_of_step, parts)
         });
         let applied = match applied {
             Ok(r) => r?,
@@ -441,7 +499,7 @@ fn apply_changes(
                     plan,
                     Some(synced),
                     true,
-                    Some("timeseries_key with deletes or updates in the change feed"),
+                    Some("timeseries_key with deletes or updates in the changes"),
                 )
             }
             Applied::Changes(c) => {
@@ -452,7 +510,7 @@ fn apply_changes(
             }
         }
     }
-    record_success(run, &source, Some(synced), "cdf", total, None)
+    record_success(run, &source, Some(synced), change_source, total, None)
 }
 
 #[derive(Default, Clone, Copy)]

@@ -70,8 +70,25 @@ impl Sql {
     }
 }
 
-/// Stages `stream` (rows of `change_columns(plan.columns)`) and applies it to `target`.
-pub fn apply(target: &TargetName, plan: &ColumnsPlan, stream: ScanStream) -> Result<Applied> {
+/// Change rows for the staging table: `columns` (a subset of the synced ones, in the stream's
+/// order) followed by change type and version. Started only when its turn comes.
+pub struct StagePart {
+    pub columns: Vec<String>,
+    pub stream: Box<dyn FnOnce() -> ScanStream>,
+}
+
+impl StagePart {
+    /// A part carrying every synced column.
+    pub fn all(plan: &ColumnsPlan, stream: impl FnOnce() -> ScanStream + 'static) -> Self {
+        StagePart {
+            columns: plan.columns.iter().map(|c| c.name.clone()).collect(),
+            stream: Box::new(stream),
+        }
+    }
+}
+
+/// Stages `parts` and applies them to `target`.
+pub fn apply(target: &TargetName, plan: &ColumnsPlan, parts: Vec<StagePart>) -> Result<Applied> {
     let sql = Sql::new(target, plan);
     let change_type = quote_ident(CHANGE_TYPE);
     let version = quote_ident(COMMIT_VERSION);
@@ -90,10 +107,14 @@ pub fn apply(target: &TargetName, plan: &ColumnsPlan, stream: ScanStream) -> Res
     ))?;
     let stage_oid = crate::catalog::relation_oid(STAGE)?
         .ok_or_else(|| LakeError::Internal("staging table is not visible".into()))?;
-    let mut names: Vec<String> = plan.columns.iter().map(|c| c.name.clone()).collect();
-    names.push(CHANGE_TYPE.into());
-    names.push(COMMIT_VERSION.into());
-    let (_, stats) = copy_from_stream(stage_oid, &names, stream)?;
+    let mut skipped_null_key = 0;
+    for part in parts {
+        let mut names = part.columns;
+        names.push(CHANGE_TYPE.into());
+        names.push(COMMIT_VERSION.into());
+        let (_, stats) = copy_from_stream(stage_oid, &names, (part.stream)())?;
+        skipped_null_key += stats.skipped_null_key;
+    }
 
     if sql.timeseries.is_some()
         && exists(&format!(
@@ -125,7 +146,7 @@ pub fn apply(target: &TargetName, plan: &ColumnsPlan, stream: ScanStream) -> Res
     spi(&format!("ANALYZE {NET}"))?;
 
     let mut counts = ChangeCounts {
-        skipped_null_key: stats.skipped_null_key,
+        skipped_null_key,
         ..Default::default()
     };
     counts.deleted = spi(&format!(

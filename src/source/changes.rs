@@ -127,9 +127,12 @@ pub fn gap_or_error(source: &DeltaSource, from: i64, to: i64, e: delta_kernel::E
     }
 }
 
-/// The versions in `from..=to` whose commit carries a metaData action (a schema or property
-/// change): the change feed is read in segments between them, each with one schema.
-pub fn metadata_versions(source: &DeltaSource, from: i64, to: i64) -> Result<Vec<i64>> {
+/// The actions of each commit `from..=to`, in order (one JSON object per action).
+pub fn commit_actions(
+    source: &DeltaSource,
+    from: i64,
+    to: i64,
+) -> Result<Vec<Vec<serde_json::Value>>> {
     let _guard = super::runtime().enter();
     let root = source.snapshot.table_root().clone();
     let mut files = Vec::new();
@@ -139,24 +142,45 @@ pub fn metadata_versions(source: &DeltaSource, from: i64, to: i64) -> Result<Vec
             .map_err(|e| LakeError::Internal(format!("log file URL: {e}")))?;
         files.push((url, None));
     }
+    // A commit file that is not there was removed by log retention.
+    let gone = |e| {
+        match gap_or_error(source, from, to, e) {
+        LakeError::Gap { reason } if reason.starts_with("a change data file") => LakeError::Gap {
+            reason: format!(
+                "the log of Delta table \"{}\" no longer holds versions {from} to {to} (removed by log retention)",
+                source.location.display()
+            ),
+        },
+        other => other,
+    }
+    };
     let contents = source
         .engine
         .storage_handler()
         .read_files(files)
-        .map_err(|e| gap_or_error(source, from, to, e))?;
-    let mut found = Vec::new();
-    for (v, bytes) in (from..=to).zip(contents) {
-        let bytes = bytes.map_err(|e| gap_or_error(source, from, to, e))?;
-        let has_metadata = bytes.split(|b| *b == b'\n').any(|line| {
-            serde_json::from_slice::<serde_json::Value>(line)
-                .ok()
-                .is_some_and(|a| a.get("metaData").is_some())
-        });
-        if has_metadata {
-            found.push(v);
-        }
+        .map_err(gone)?;
+    let mut out = Vec::new();
+    for bytes in contents {
+        let bytes = bytes.map_err(gone)?;
+        out.push(
+            bytes
+                .split(|b| *b == b'\n')
+                .filter_map(|line| serde_json::from_slice::<serde_json::Value>(line).ok())
+                .collect(),
+        );
     }
-    Ok(found)
+    Ok(out)
+}
+
+/// The versions in `from..=to` whose commit carries a metaData action (a schema or property
+/// change): the change feed is read in segments between them, each with one schema.
+pub fn metadata_versions(source: &DeltaSource, from: i64, to: i64) -> Result<Vec<i64>> {
+    let commits = commit_actions(source, from, to)?;
+    Ok((from..=to)
+        .zip(commits)
+        .filter(|(_, actions)| actions.iter().any(|a| a.get("metaData").is_some()))
+        .map(|(v, _)| v)
+        .collect())
 }
 
 /// The table's column names at `version`.

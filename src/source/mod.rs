@@ -3,6 +3,7 @@
 //! Everything here runs off the backend's thread (see `offload`): it never calls Postgres.
 
 pub mod changes;
+pub mod files;
 pub mod location;
 pub mod scan;
 
