@@ -14,7 +14,6 @@ use crate::source::scan::ScanStream;
 use pgrx::prelude::*;
 
 const STAGE: &str = "pg_temp.lakesync_changes";
-const NET: &str = "pg_temp.lakesync_net";
 /// The change types after which the row's key no longer holds that row.
 const GONE: &str = "('delete', 'update_preimage')";
 
@@ -93,7 +92,7 @@ pub fn apply(target: &TargetName, plan: &ColumnsPlan, parts: Vec<StagePart>) -> 
     let change_type = quote_ident(CHANGE_TYPE);
     let version = quote_ident(COMMIT_VERSION);
 
-    spi(&format!("DROP TABLE IF EXISTS {STAGE}, {NET}"))?;
+    spi(&format!("DROP TABLE IF EXISTS {STAGE}"))?;
     spi(&format!(
         "CREATE TEMP TABLE lakesync_changes ON COMMIT DROP AS \
          SELECT {cols}, NULL::text AS {change_type}, NULL::bigint AS {version} \
@@ -112,7 +111,12 @@ pub fn apply(target: &TargetName, plan: &ColumnsPlan, parts: Vec<StagePart>) -> 
         let mut names = part.columns;
         names.push(CHANGE_TYPE.into());
         names.push(COMMIT_VERSION.into());
-        let (_, stats) = copy_from_stream(stage_oid, &names, (part.stream)())?;
+        let t = std::time::Instant::now();
+        let (staged, stats) = copy_from_stream(stage_oid, &names, (part.stream)())?;
+        pgrx::debug1!(
+            "pg_lakesync: {} ms, {staged} rows: staged changes",
+            t.elapsed().as_millis()
+        );
         skipped_null_key += stats.skipped_null_key;
     }
 
@@ -136,26 +140,6 @@ pub fn apply(target: &TargetName, plan: &ColumnsPlan, parts: Vec<StagePart>) -> 
         None => format!("{version} DESC, ({change_type} IN {GONE}), lakesync_seq DESC"),
         Some(ts) => format!("{ts} DESC NULLS LAST, {version} DESC, lakesync_seq DESC"),
     };
-    spi(&format!(
-        "CREATE TEMP TABLE lakesync_net ON COMMIT DROP AS \
-         SELECT DISTINCT ON ({key}) * FROM {STAGE} ORDER BY {key}, {order}",
-        key = sql.key_list(""),
-    ))?;
-    // The planner knows nothing of a fresh temp table; a join against millions of target rows
-    // needs its size.
-    spi(&format!("ANALYZE {NET}"))?;
-
-    let mut counts = ChangeCounts {
-        skipped_null_key,
-        ..Default::default()
-    };
-    counts.deleted = spi(&format!(
-        "DELETE FROM {target} t USING {NET} n WHERE n.{change_type} IN {GONE} AND {join}",
-        target = sql.target,
-        join = sql.key_join("t", "n"),
-    ))?;
-    pause_point("apply");
-
     let non_key: Vec<&String> = sql.cols.iter().filter(|c| !sql.key.contains(c)).collect();
     let on_conflict = if non_key.is_empty() {
         "DO NOTHING".to_string()
@@ -174,32 +158,42 @@ pub fn apply(target: &TargetName, plan: &ColumnsPlan, parts: Vec<StagePart>) -> 
             ),
         }
     };
-    let (inserted, updated) = Spi::connect(|c| {
-        let row = c
-            .select(
-                &format!(
-                    "WITH up AS (INSERT INTO {target} AS t ({cols}) \
-                     SELECT {cols} FROM {NET} WHERE {change_type} NOT IN {GONE} \
+    // One statement: the net change of each key (sorted by key, so the target's index is
+    // walked in order), the deletes and the upserts. A key is in one of the two, never both.
+    let merge = format!(
+        "WITH net AS MATERIALIZED (SELECT DISTINCT ON ({key}) * FROM {STAGE} \
+                                   ORDER BY {key}, {order}), \
+              del AS (DELETE FROM {target} t USING net n \
+                      WHERE n.{change_type} IN {GONE} AND {join} RETURNING 1), \
+              up AS (INSERT INTO {target} AS t ({cols}) \
+                     SELECT {cols} FROM net WHERE {change_type} NOT IN {GONE} \
                      ON CONFLICT ({key}) {on_conflict} RETURNING (xmax = 0) AS fresh) \
-                     SELECT count(*) FILTER (WHERE fresh), count(*) FILTER (WHERE NOT fresh) FROM up",
-                    target = sql.target,
-                    cols = sql.cols.join(", "),
-                    key = sql.key_list(""),
-                ),
-                Some(1),
-                &[],
-            )?
-            .first();
+         SELECT (SELECT count(*) FROM del), count(*) FILTER (WHERE fresh), \
+                count(*) FILTER (WHERE NOT fresh) FROM up",
+        key = sql.key_list(""),
+        target = sql.target,
+        join = sql.key_join("t", "n"),
+        cols = sql.cols.join(", "),
+    );
+    let clock = std::time::Instant::now();
+    let (deleted, inserted, updated) = Spi::connect_mut(|c| {
+        let row = c.update(&merge, Some(1), &[])?.first();
         Ok::<_, pgrx::spi::Error>((
             row.get::<i64>(1)?.unwrap_or(0),
             row.get::<i64>(2)?.unwrap_or(0),
+            row.get::<i64>(3)?.unwrap_or(0),
         ))
     })
     .map_err(|e| LakeError::Internal(format!("applying changes to {}: {e}", sql.target)))?;
-    counts.inserted = inserted as u64;
-    counts.updated = updated as u64;
-    spi(&format!("DROP TABLE {STAGE}, {NET}"))?;
-    Ok(Applied::Changes(counts))
+    pgrx::debug1!("pg_lakesync: {} ms: {merge}", clock.elapsed().as_millis());
+    pause_point("apply");
+    spi(&format!("DROP TABLE {STAGE}"))?;
+    Ok(Applied::Changes(ChangeCounts {
+        inserted: inserted as u64,
+        updated: updated as u64,
+        deleted: deleted as u64,
+        skipped_null_key,
+    }))
 }
 
 /// Without timeseries_key a key holds one row: two rows of one key written by the same commit
@@ -239,8 +233,14 @@ fn quote_literal(s: &str) -> String {
 }
 
 fn spi(sql: &str) -> Result<u64> {
-    Spi::connect_mut(|c| c.update(sql, None, &[]).map(|t| t.len() as u64))
-        .map_err(|e| LakeError::Internal(format!("{sql}: {e}")))
+    let t = std::time::Instant::now();
+    let n = Spi::connect_mut(|c| c.update(sql, None, &[]).map(|t| t.len() as u64))
+        .map_err(|e| LakeError::Internal(format!("{sql}: {e}")))?;
+    pgrx::debug1!(
+        "pg_lakesync: {} ms, {n} rows: {sql}",
+        t.elapsed().as_millis()
+    );
+    Ok(n)
 }
 
 fn exists(sql: &str) -> Result<bool> {

@@ -1,0 +1,150 @@
+"""TRIGGERED apply throughput: a Delta merge of N changes (70 % updates, 20 % inserts, 10 %
+deletes) on a synced table, applied by sync_now, against the expert's SQL path on an identical
+table in the same run: binary COPY of the same changes into a staging table, then
+INSERT … ON CONFLICT DO UPDATE and DELETE … USING. See BENCHMARKS.md.
+
+    python3 bench/changes_bench.py --rows 10000000 --churn 0.1 --runs 3
+"""
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import time
+
+import numpy as np
+import psycopg
+import pyarrow as pa
+from deltalake import DeltaTable
+
+sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+from pgcluster import Cluster, world_readable_tmpdir  # noqa: E402
+from snapshot_bench import CONF, AnonSampler, make_table, proc_status_kib  # noqa: E402
+
+COLS = ["id", "qty", "score", "amount", "note", "at", "day", "flag"]
+
+
+def merge_changes(path, rows, changes, seed=7):
+    """One Delta MERGE: 70 % updates and 10 % deletes of existing keys, 20 % new keys."""
+    rng = np.random.default_rng(seed)
+    n_upd, n_ins = int(changes * 0.7), int(changes * 0.2)
+    n_del = changes - n_upd - n_ins
+    existing = rng.choice(rows, n_upd + n_del, replace=False).astype(np.int64)
+    new_ids = np.arange(rows, rows + n_ins, dtype=np.int64)
+    ids = np.concatenate([existing, new_ids])
+    ops = ["update"] * n_upd + ["delete"] * n_del + ["insert"] * n_ins
+    dt = DeltaTable(path)
+    base = dt.to_pyarrow_table().slice(0, len(ids))  # realistic values, new keys
+    src = base.set_column(0, "id", pa.array(ids)).append_column("op", pa.array(ops))
+    src = src.set_column(2, "score", pa.array(rng.random(len(ids))))
+    sets = {c: f"s.{c}" for c in COLS}
+    (dt.merge(src, predicate="t.id = s.id", source_alias="s", target_alias="t")
+     .when_matched_delete(predicate="s.op = 'delete'")
+     .when_matched_update(updates=sets, predicate="s.op = 'update'")
+     .when_not_matched_insert(updates=sets)
+     .execute())
+    os.system(f"chmod -R a+rX {path}")
+    return src.drop_columns(["op"]).append_column("op", pa.array(ops)), (n_upd, n_ins, n_del)
+
+
+def checksum(c, table):
+    return c.execute(f"SELECT count(*), sum(hashtextextended(t::text, 0)) FROM {table} t"
+                     ).fetchone()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=10_000_000)
+    ap.add_argument("--churn", type=float, default=0.1)
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    changes = int(args.rows * args.churn)
+    cluster = Cluster(conf=CONF).start()
+    try:
+        path = os.path.join(world_readable_tmpdir("lakesync-bench-"), "w2")
+        t = time.perf_counter()
+        make_table(path, args.rows)
+        print(f"wrote {args.rows:,} rows in {time.perf_counter() - t:.1f}s", flush=True)
+        DeltaTable(path).alter.set_table_properties({"delta.enableChangeDataFeed": "true"})
+        base_version = DeltaTable(path).version()
+        t = time.perf_counter()
+        src, (n_upd, n_ins, n_del) = merge_changes(path, args.rows, changes)
+        print(f"merged {changes:,} changes in {time.perf_counter() - t:.1f}s", flush=True)
+        bindir = world_readable_tmpdir("lakesync-bench-bin-")
+        shutil.chown(bindir, "postgres", "postgres")
+        binfile = os.path.join(bindir, "changes.bin")
+        with psycopg.connect(cluster.dsn(), autocommit=True) as c:
+            c.execute("CREATE EXTENSION pg_lakesync")
+            settings = c.execute(
+                "SELECT name, current_setting(name) FROM pg_settings WHERE name IN "
+                "('shared_buffers', 'wal_level', 'fsync', 'synchronous_commit', 'max_wal_size') "
+                "ORDER BY 1").fetchall()
+        sync_t, expert_t, peaks = [], [], []
+        for i in range(args.runs):
+            with psycopg.connect(cluster.dsn(), autocommit=True) as c:
+                c.execute("DROP TABLE IF EXISTS expert")
+                c.execute("SELECT drop_synced_table(target, true) FROM lakesync.synced_tables")
+                c.execute("SELECT create_synced_table('synced', %s, ARRAY['id'], 'triggered', "
+                          "jsonb_build_object('version', %s::int))", (path, base_version))
+                c.execute("CREATE TABLE expert (LIKE synced INCLUDING ALL)")
+                c.execute("INSERT INTO expert SELECT * FROM synced")
+                if i == 0:
+                    # The expert's input: the same changes, as a binary COPY file.
+                    c.execute("CREATE TABLE changes_src (LIKE synced)")
+                    c.execute("ALTER TABLE changes_src ADD COLUMN op text")
+                    with c.cursor().copy(f"COPY changes_src ({', '.join(COLS)}, op) "
+                                         "FROM STDIN") as cp:
+                        for r in src.to_pylist():
+                            cp.write_row([r[k] for k in COLS] + [r["op"]])
+                    c.execute(f"COPY changes_src TO '{binfile}' (FORMAT binary)")
+                c.execute("VACUUM ANALYZE synced")
+                c.execute("VACUUM ANALYZE expert")
+                c.execute("CHECKPOINT")
+                c.execute("UPDATE lakesync.synced_tables SET options = options - 'version'")
+                pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+                sampler = AnonSampler(pid)
+                sampler.start()
+                t = time.perf_counter()
+                r = c.execute("SELECT rows_inserted, rows_updated, rows_deleted, change_source "
+                              "FROM sync_now('synced')").fetchone()
+                secs = time.perf_counter() - t
+                sampler.stop.set()
+                sampler.join()
+                assert r == (n_ins, n_upd, n_del, "cdf"), r
+                sync_t.append(secs)
+                peaks.append(sampler.peak)
+                print(f"sync_now run {i}: {secs:.2f}s, {changes / secs:,.0f} changes/s, "
+                      f"backend peak private memory {sampler.peak / 1024:.0f} MiB", flush=True)
+                c.execute("CHECKPOINT")
+                set_list = ", ".join(f"{k} = EXCLUDED.{k}" for k in COLS[1:])
+                t = time.perf_counter()
+                with c.transaction():
+                    c.execute("CREATE TEMP TABLE stage (LIKE changes_src) ON COMMIT DROP")
+                    c.execute(f"COPY stage FROM '{binfile}' (FORMAT binary)")
+                    c.execute("ANALYZE stage")
+                    c.execute(f"INSERT INTO expert SELECT {', '.join(COLS)} FROM stage "
+                              f"WHERE op <> 'delete' ON CONFLICT (id) DO UPDATE SET {set_list}")
+                    c.execute("DELETE FROM expert e USING stage s "
+                              "WHERE s.op = 'delete' AND e.id = s.id")
+                secs = time.perf_counter() - t
+                expert_t.append(secs)
+                print(f"expert run {i}: {secs:.2f}s, {changes / secs:,.0f} changes/s", flush=True)
+                assert checksum(c, "synced") == checksum(c, "expert"), "tables differ"
+        ms, me = statistics.median(sync_t), statistics.median(expert_t)
+        print()
+        print(f"rows: {args.rows:,}  changes: {changes:,} ({n_upd:,} updates, {n_ins:,} inserts, "
+              f"{n_del:,} deletes)  runs: {args.runs}")
+        print("server: " + ", ".join(f"{n}={s}" for n, s in settings))
+        print("| path | median s | changes/s | ratio vs expert |")
+        print("|---|---|---|---|")
+        print(f"| sync_now (CDF) | {ms:.2f} | {changes / ms:,.0f} | {me / ms:.2f}x |")
+        print(f"| expert SQL (COPY + ON CONFLICT + DELETE USING) | {me:.2f} | "
+              f"{changes / me:,.0f} | 1.00x |")
+        print(f"syncing backend peak private memory (RssAnon): max {max(peaks) / 1024:.0f} MiB")
+    finally:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    main()
