@@ -53,95 +53,135 @@ def checksum(c, table):
                      ).fetchone()
 
 
+def bench_churn(cluster, base_path, base_version, rows, churn, runs):
+    """W2 at one churn: sync_now against the expert's SQL, and a full_refresh of the same
+    table (a full snapshot) to show where reloading becomes cheaper than applying changes."""
+    changes = int(rows * churn)
+    path = os.path.join(world_readable_tmpdir("lakesync-bench-"), "w2")
+    shutil.copytree(base_path, path)
+    os.system(f"chmod -R a+rX {os.path.dirname(path)}")
+    t = time.perf_counter()
+    src, (n_upd, n_ins, n_del) = merge_changes(path, rows, changes)
+    print(f"merged {changes:,} changes in {time.perf_counter() - t:.1f}s", flush=True)
+    bindir = world_readable_tmpdir("lakesync-bench-bin-")
+    shutil.chown(bindir, "postgres", "postgres")
+    binfile = os.path.join(bindir, "changes.bin")
+    sync_t, expert_t, full_t, peaks = [], [], [], []
+    with psycopg.connect(cluster.dsn(), autocommit=True) as c:
+        c.execute("DROP TABLE IF EXISTS changes_src")
+        c.execute("CREATE TABLE changes_src (id bigint, qty integer, score double precision, "
+                  "amount numeric(12,2), note text, at timestamptz, day date, flag boolean, "
+                  "op text)")
+        with c.cursor().copy(f"COPY changes_src ({', '.join(COLS)}, op) FROM STDIN") as cp:
+            for r in src.to_pylist():
+                cp.write_row([r[k] for k in COLS] + [r["op"]])
+        c.execute(f"COPY changes_src TO '{binfile}' (FORMAT binary)")
+    for i in range(runs):
+        with psycopg.connect(cluster.dsn(), autocommit=True) as c:
+            c.execute("DROP TABLE IF EXISTS expert")
+            c.execute("SELECT drop_synced_table(target, true) FROM lakesync.synced_tables")
+            c.execute("SELECT create_synced_table('synced', %s, ARRAY['id'], 'triggered', "
+                      "jsonb_build_object('version', %s::int))", (path, base_version))
+            c.execute("CREATE TABLE expert (LIKE synced INCLUDING ALL)")
+            c.execute("INSERT INTO expert SELECT * FROM synced")
+            c.execute("VACUUM ANALYZE synced")
+            c.execute("VACUUM ANALYZE expert")
+            c.execute("CHECKPOINT")
+            c.execute("UPDATE lakesync.synced_tables SET options = options - 'version'")
+            pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+            sampler = AnonSampler(pid)
+            sampler.start()
+            t = time.perf_counter()
+            r = c.execute("SELECT rows_inserted, rows_updated, rows_deleted, change_source "
+                          "FROM sync_now('synced')").fetchone()
+            secs = time.perf_counter() - t
+            sampler.stop.set()
+            sampler.join()
+            assert r == (n_ins, n_upd, n_del, "cdf"), r
+            sync_t.append(secs)
+            peaks.append(sampler.peak)
+            print(f"sync_now run {i}: {secs:.2f}s, {changes / secs:,.0f} changes/s, "
+                  f"backend peak private memory {sampler.peak / 1024:.0f} MiB", flush=True)
+            c.execute("CHECKPOINT")
+            set_list = ", ".join(f"{k} = EXCLUDED.{k}" for k in COLS[1:])
+            t = time.perf_counter()
+            with c.transaction():
+                c.execute("CREATE TEMP TABLE stage (LIKE changes_src) ON COMMIT DROP")
+                c.execute(f"COPY stage FROM '{binfile}' (FORMAT binary)")
+                c.execute("ANALYZE stage")
+                c.execute(f"INSERT INTO expert SELECT {', '.join(COLS)} FROM stage "
+                          f"WHERE op <> 'delete' ON CONFLICT (id) DO UPDATE SET {set_list}")
+                c.execute("DELETE FROM expert e USING stage s "
+                          "WHERE s.op = 'delete' AND e.id = s.id")
+            secs = time.perf_counter() - t
+            expert_t.append(secs)
+            print(f"expert run {i}: {secs:.2f}s, {changes / secs:,.0f} changes/s", flush=True)
+            assert checksum(c, "synced") == checksum(c, "expert"), "tables differ"
+            c.execute("CHECKPOINT")
+            t = time.perf_counter()
+            c.execute("SELECT full_refresh('synced')")
+            secs = time.perf_counter() - t
+            full_t.append(secs)
+            print(f"full_refresh run {i}: {secs:.2f}s", flush=True)
+            assert checksum(c, "synced") == checksum(c, "expert"), "full refresh differs"
+    shutil.rmtree(os.path.dirname(path))
+    shutil.rmtree(bindir)
+    ms, me, mf = (statistics.median(v) for v in (sync_t, expert_t, full_t))
+    label = f"{changes / 1e6:g} M changes on {rows / 1e6:g} M rows ({churn:.0%})"
+    return {"churn": churn, "sync": ms, "full": mf, "rows": [
+        f"| {label} | sync_now (CDF) | {ms:.2f} | {changes / ms:,.0f} | {me / ms:.2f}x |",
+        f"| {label} | expert SQL | {me:.2f} | {changes / me:,.0f} | 1.00x |",
+        f"| {label} | full_refresh (snapshot) | {mf:.2f} | – | {me / mf:.2f}x |",
+    ], "peak": max(peaks)}
+
+
+def crossover(results):
+    """The churn at which a full snapshot costs what applying changes does (interpolated)."""
+    pts = sorted((r["churn"], r["sync"] - r["full"]) for r in results)
+    for (c0, d0), (c1, d1) in zip(pts, pts[1:]):
+        if d0 < 0 <= d1:
+            return c0 + (c1 - c0) * (-d0) / (d1 - d0)
+    return None
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=10_000_000)
-    ap.add_argument("--churn", type=float, default=0.1)
+    ap.add_argument("--churn", default="0.1", help="comma-separated, e.g. 0.01,0.1,0.5")
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
-    changes = int(args.rows * args.churn)
     cluster = Cluster(conf=CONF).start()
     try:
-        path = os.path.join(world_readable_tmpdir("lakesync-bench-"), "w2")
+        base = os.path.join(world_readable_tmpdir("lakesync-bench-"), "base")
         t = time.perf_counter()
-        make_table(path, args.rows)
+        make_table(base, args.rows)
         print(f"wrote {args.rows:,} rows in {time.perf_counter() - t:.1f}s", flush=True)
-        DeltaTable(path).alter.set_table_properties({"delta.enableChangeDataFeed": "true"})
-        base_version = DeltaTable(path).version()
-        t = time.perf_counter()
-        src, (n_upd, n_ins, n_del) = merge_changes(path, args.rows, changes)
-        print(f"merged {changes:,} changes in {time.perf_counter() - t:.1f}s", flush=True)
-        bindir = world_readable_tmpdir("lakesync-bench-bin-")
-        shutil.chown(bindir, "postgres", "postgres")
-        binfile = os.path.join(bindir, "changes.bin")
+        DeltaTable(base).alter.set_table_properties({"delta.enableChangeDataFeed": "true"})
+        base_version = DeltaTable(base).version()
         with psycopg.connect(cluster.dsn(), autocommit=True) as c:
             c.execute("CREATE EXTENSION pg_lakesync")
             settings = c.execute(
                 "SELECT name, current_setting(name) FROM pg_settings WHERE name IN "
                 "('shared_buffers', 'wal_level', 'fsync', 'synchronous_commit', 'max_wal_size') "
                 "ORDER BY 1").fetchall()
-        sync_t, expert_t, peaks = [], [], []
-        for i in range(args.runs):
-            with psycopg.connect(cluster.dsn(), autocommit=True) as c:
-                c.execute("DROP TABLE IF EXISTS expert")
-                c.execute("SELECT drop_synced_table(target, true) FROM lakesync.synced_tables")
-                c.execute("SELECT create_synced_table('synced', %s, ARRAY['id'], 'triggered', "
-                          "jsonb_build_object('version', %s::int))", (path, base_version))
-                c.execute("CREATE TABLE expert (LIKE synced INCLUDING ALL)")
-                c.execute("INSERT INTO expert SELECT * FROM synced")
-                if i == 0:
-                    # The expert's input: the same changes, as a binary COPY file.
-                    c.execute("CREATE TABLE changes_src (LIKE synced)")
-                    c.execute("ALTER TABLE changes_src ADD COLUMN op text")
-                    with c.cursor().copy(f"COPY changes_src ({', '.join(COLS)}, op) "
-                                         "FROM STDIN") as cp:
-                        for r in src.to_pylist():
-                            cp.write_row([r[k] for k in COLS] + [r["op"]])
-                    c.execute(f"COPY changes_src TO '{binfile}' (FORMAT binary)")
-                c.execute("VACUUM ANALYZE synced")
-                c.execute("VACUUM ANALYZE expert")
-                c.execute("CHECKPOINT")
-                c.execute("UPDATE lakesync.synced_tables SET options = options - 'version'")
-                pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
-                sampler = AnonSampler(pid)
-                sampler.start()
-                t = time.perf_counter()
-                r = c.execute("SELECT rows_inserted, rows_updated, rows_deleted, change_source "
-                              "FROM sync_now('synced')").fetchone()
-                secs = time.perf_counter() - t
-                sampler.stop.set()
-                sampler.join()
-                assert r == (n_ins, n_upd, n_del, "cdf"), r
-                sync_t.append(secs)
-                peaks.append(sampler.peak)
-                print(f"sync_now run {i}: {secs:.2f}s, {changes / secs:,.0f} changes/s, "
-                      f"backend peak private memory {sampler.peak / 1024:.0f} MiB", flush=True)
-                c.execute("CHECKPOINT")
-                set_list = ", ".join(f"{k} = EXCLUDED.{k}" for k in COLS[1:])
-                t = time.perf_counter()
-                with c.transaction():
-                    c.execute("CREATE TEMP TABLE stage (LIKE changes_src) ON COMMIT DROP")
-                    c.execute(f"COPY stage FROM '{binfile}' (FORMAT binary)")
-                    c.execute("ANALYZE stage")
-                    c.execute(f"INSERT INTO expert SELECT {', '.join(COLS)} FROM stage "
-                              f"WHERE op <> 'delete' ON CONFLICT (id) DO UPDATE SET {set_list}")
-                    c.execute("DELETE FROM expert e USING stage s "
-                              "WHERE s.op = 'delete' AND e.id = s.id")
-                secs = time.perf_counter() - t
-                expert_t.append(secs)
-                print(f"expert run {i}: {secs:.2f}s, {changes / secs:,.0f} changes/s", flush=True)
-                assert checksum(c, "synced") == checksum(c, "expert"), "tables differ"
-        ms, me = statistics.median(sync_t), statistics.median(expert_t)
+        results = [bench_churn(cluster, base, base_version, args.rows, float(ch), args.runs)
+                   for ch in args.churn.split(",")]
+        shutil.rmtree(os.path.dirname(base))
         print()
-        print(f"rows: {args.rows:,}  changes: {changes:,} ({n_upd:,} updates, {n_ins:,} inserts, "
-              f"{n_del:,} deletes)  runs: {args.runs}")
+        print(f"## W2 incremental: Delta MERGE of 70 % updates, 20 % inserts, 10 % deletes "
+              f"(median of {args.runs} runs)")
         print("server: " + ", ".join(f"{n}={s}" for n, s in settings))
-        print("| path | median s | changes/s | ratio vs expert |")
-        print("|---|---|---|---|")
-        print(f"| sync_now (CDF) | {ms:.2f} | {changes / ms:,.0f} | {me / ms:.2f}x |")
-        print(f"| expert SQL (COPY + ON CONFLICT + DELETE USING) | {me:.2f} | "
-              f"{changes / me:,.0f} | 1.00x |")
-        print(f"syncing backend peak private memory (RssAnon): max {max(peaks) / 1024:.0f} MiB")
+        print()
+        print("| workload | path | median s | changes/s | vs expert |")
+        print("|---|---|---|---|---|")
+        for r in results:
+            print("\n".join(r["rows"]))
+        x = crossover(results)
+        print()
+        print("full snapshot cheaper than applying changes above churn: "
+              + (f"~{x:.0%}" if x is not None else "not within the measured churns"))
+        print(f"syncing backend peak private memory (RssAnon): "
+              f"max {max(r['peak'] for r in results) / 1024:.0f} MiB")
     finally:
         cluster.stop()
 

@@ -16,7 +16,7 @@ from decimal import Decimal
 import numpy as np
 import psycopg
 import pyarrow as pa
-from deltalake import write_deltalake
+from deltalake import DeltaTable, write_deltalake
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from pgcluster import Cluster, world_readable_tmpdir  # noqa: E402
@@ -98,50 +98,127 @@ def one_copy(cluster, binfile, like, name):
     return secs, n
 
 
+def one_diy(cluster, path, like, name):
+    """The do-it-yourself path a user would script: Python deltalake → pyarrow batches →
+    psycopg binary COPY, into an identical table, in one transaction."""
+    with psycopg.connect(cluster.dsn()) as c:
+        c.execute(f"CREATE TABLE {name} (LIKE {like} INCLUDING ALL)")
+        oids = [r[0] for r in c.execute(
+            "SELECT atttypid::int FROM pg_attribute WHERE attrelid = %s::regclass "
+            "AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (name,))]
+        c.commit()
+        t = time.perf_counter()
+        with c.cursor().copy(f"COPY {name} FROM STDIN (FORMAT binary)") as cp:
+            cp.set_types(oids)
+            for batch in DeltaTable(path).to_pyarrow_dataset().to_batches():
+                for row in zip(*(col.to_pylist() for col in batch.columns)):
+                    cp.write_row(row)
+        c.commit()
+        secs = time.perf_counter() - t
+        n = c.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
+    return secs, n
+
+
+def checkpoint(cluster):
+    """Every timed path starts from the same state: no dirty buffers left by the one before."""
+    with psycopg.connect(cluster.dsn(), autocommit=True) as c:
+        c.execute("CHECKPOINT")
+
+
+def drop(cluster, name):
+    with psycopg.connect(cluster.dsn(), autocommit=True) as c:
+        if name.startswith("public.sync_"):
+            c.execute("SELECT drop_synced_table(%s, true)", (name,))
+        else:
+            c.execute(f"DROP TABLE {name}")
+
+
+def bench_rows(cluster, rows, runs, diy=True):
+    """W1 and W4 at one table size; returns the markdown rows of the results table."""
+    path = os.path.join(world_readable_tmpdir("lakesync-bench-"), "w1")
+    t = time.perf_counter()
+    make_table(path, rows)
+    print(f"wrote {rows:,} rows in {time.perf_counter() - t:.1f}s", flush=True)
+    mib = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs) / 2**20
+    bindir = world_readable_tmpdir("lakesync-bench-bin-")
+    shutil.chown(bindir, "postgres", "postgres")  # the server writes the COPY file
+    binfile = os.path.join(bindir, "rows.bin")
+    times = {"sync": [], "copy": [], "diy": []}
+    peaks, bases = [], []
+    for i in range(runs):
+        checkpoint(cluster)
+        secs, n, peak, base = one_sync(cluster, path, f"public.sync_{i}")
+        assert n == rows, n
+        times["sync"].append(secs)
+        peaks.append(peak)
+        bases.append(base)
+        print(f"sync run {i}: {secs:.2f}s, {n / secs:,.0f} rows/s, backend peak private "
+              f"memory {peak / 1024:.0f} MiB (at connect {base / 1024:.0f} MiB)", flush=True)
+        if i == 0:
+            with psycopg.connect(cluster.dsn(), autocommit=True) as c:
+                c.execute(f"COPY public.sync_0 TO '{binfile}' (FORMAT binary)")
+        checkpoint(cluster)
+        secs, n = one_copy(cluster, binfile, "public.sync_0", f"public.copy_{i}")
+        assert n == rows, n
+        times["copy"].append(secs)
+        print(f"copy run {i}: {secs:.2f}s, {n / secs:,.0f} rows/s", flush=True)
+        if diy:
+            checkpoint(cluster)
+            secs, n = one_diy(cluster, path, "public.sync_0", f"public.diy_{i}")
+            assert n == rows, n
+            times["diy"].append(secs)
+            print(f"diy run {i}: {secs:.2f}s, {n / secs:,.0f} rows/s", flush=True)
+            drop(cluster, f"public.diy_{i}")
+        drop(cluster, f"public.copy_{i}")
+        if i > 0:
+            drop(cluster, f"public.sync_{i}")
+    drop(cluster, "public.sync_0")
+    shutil.rmtree(os.path.dirname(path))
+    shutil.rmtree(bindir)
+    med = {k: statistics.median(v) for k, v in times.items() if v}
+    label = f"{rows / 1e6:g} M rows ({mib:.0f} MiB Delta)"
+    out = []
+    for key, name in [("sync", "create_synced_table"), ("copy", "COPY FROM file (binary)"),
+                      ("diy", "DIY: deltalake → pyarrow → psycopg binary COPY")]:
+        if key in med:
+            m = med[key]
+            out.append(f"| {label} | {name} | {m:.2f} | {rows / m:,.0f} | {mib / m:.1f} | "
+                       f"{med['copy'] / m:.2f}x | "
+                       + (f"{med['diy'] / m:.2f}x |" if "diy" in med else "– |"))
+    mem = (f"| {label} | {max(peaks) / 1024:.0f} MiB | {statistics.median(bases) / 1024:.0f} MiB |")
+    return out, mem
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--rows", default="1000000",
+                    help="comma-separated table sizes, e.g. 1000000,10000000")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--no-diy", action="store_true", help="skip the (slow) Python path")
     args = ap.parse_args()
     cluster = Cluster(conf=CONF).start()
     try:
-        path = os.path.join(world_readable_tmpdir("lakesync-bench-"), "w1")
-        t = time.perf_counter()
-        make_table(path, args.rows)
-        print(f"wrote {args.rows} rows in {time.perf_counter() - t:.1f}s", flush=True)
-        size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
         with psycopg.connect(cluster.dsn(), autocommit=True) as c:
             c.execute("CREATE EXTENSION pg_lakesync")
             settings = c.execute("SELECT name, current_setting(name) FROM pg_settings WHERE name IN "
                                  "('shared_buffers', 'wal_level', 'fsync', 'synchronous_commit', "
                                  "'max_wal_size') ORDER BY 1").fetchall()
-        bindir = world_readable_tmpdir("lakesync-bench-bin-")
-        shutil.chown(bindir, "postgres", "postgres")  # the server writes the COPY file
-        binfile = os.path.join(bindir, "rows.bin")
-        sync_t, copy_t, peaks = [], [], []
-        for i in range(args.runs):
-            secs, n, peak, base = one_sync(cluster, path, f"public.sync_{i}")
-            assert n == args.rows, n
-            sync_t.append(secs)
-            peaks.append(peak)
-            print(f"sync run {i}: {secs:.2f}s, {n / secs:,.0f} rows/s, backend peak private "
-                  f"memory {peak / 1024:.0f} MiB (at connect {base / 1024:.0f} MiB)", flush=True)
-            if i == 0:
-                with psycopg.connect(cluster.dsn(), autocommit=True) as c:
-                    c.execute(f"COPY public.sync_0 TO '{binfile}' (FORMAT binary)")
-            secs, n = one_copy(cluster, binfile, "public.sync_0", f"public.copy_{i}")
-            assert n == args.rows, n
-            copy_t.append(secs)
-            print(f"copy run {i}: {secs:.2f}s, {n / secs:,.0f} rows/s", flush=True)
-        ms, mc = statistics.median(sync_t), statistics.median(copy_t)
+        table, mem = [], []
+        for rows in [int(r) for r in args.rows.split(",")]:
+            t, m = bench_rows(cluster, rows, args.runs, diy=not args.no_diy)
+            table += t
+            mem.append(m)
         print()
-        print(f"rows: {args.rows:,}  Delta size: {size / 2**20:.1f} MiB  runs: {args.runs}")
+        print(f"## W1 snapshot, W4 memory (median of {args.runs} runs)")
         print("server: " + ", ".join(f"{n}={s}" for n, s in settings))
-        print(f"| path | median s | rows/s | ratio vs COPY |")
-        print(f"|---|---|---|---|")
-        print(f"| create_synced_table | {ms:.2f} | {args.rows / ms:,.0f} | {mc / ms:.2f}x |")
-        print(f"| COPY FROM file (binary) | {mc:.2f} | {args.rows / mc:,.0f} | 1.00x |")
-        print(f"syncing backend peak private memory (RssAnon): max {max(peaks) / 1024:.0f} MiB")
+        print()
+        print("| workload | path | median s | rows/s | MiB/s (Delta) | vs COPY | vs DIY |")
+        print("|---|---|---|---|---|---|---|")
+        print("\n".join(table))
+        print()
+        print("| workload | syncing backend peak private memory (RssAnon) | at connect |")
+        print("|---|---|---|")
+        print("\n".join(mem))
     finally:
         cluster.stop()
 

@@ -7,20 +7,15 @@ use crate::plan::target::{quote_ident, TargetName};
 use crate::plan::ColumnsPlan;
 use pgrx::prelude::*;
 
+/// Creates the target without its primary key: the first load is faster when the key's index
+/// is built once, sorted, after the rows are in (`add_primary_key`) — the table is new in this
+/// transaction, so nobody else can see it missing.
 pub fn create_target(target: &TargetName, plan: &ColumnsPlan) -> Result<pg_sys::Oid> {
-    let mut cols: Vec<String> = plan
+    let cols: Vec<String> = plan
         .columns
         .iter()
         .map(|c| format!("{} {}", quote_ident(&c.name), c.pg.sql()))
         .collect();
-    if !plan.key.is_empty() {
-        let key: Vec<String> = plan
-            .key
-            .iter()
-            .map(|&k| quote_ident(&plan.columns[k].name))
-            .collect();
-        cols.push(format!("PRIMARY KEY ({})", key.join(", ")));
-    }
     let run = |sql: &str| {
         Spi::run(sql)
             .map_err(|e| LakeError::Internal(format!("cannot create the target table: {e}")))
@@ -42,6 +37,27 @@ pub fn create_target(target: &TargetName, plan: &ColumnsPlan) -> Result<pg_sys::
     ))?;
     crate::catalog::relation_oid(&target.qualified())?
         .ok_or_else(|| LakeError::Internal("the new target table is not visible".into()))
+}
+
+/// Adds the primary key to a target `create_target` made; a repeated key in the loaded rows
+/// fails like a repeated key during a load.
+pub fn add_primary_key(target: &TargetName, plan: &ColumnsPlan) -> Result<()> {
+    if plan.key.is_empty() {
+        return Ok(());
+    }
+    let key: Vec<String> = plan
+        .key
+        .iter()
+        .map(|&k| quote_ident(&plan.columns[k].name))
+        .collect();
+    let sql = format!(
+        "ALTER TABLE {} ADD PRIMARY KEY ({})",
+        target.qualified(),
+        key.join(", ")
+    );
+    super::snapshot::catching_duplicates(target, || {
+        Spi::run(&sql).map_err(|e| LakeError::Internal(format!("{sql}: {e}")))
+    })
 }
 
 /// Changes the target's columns to match the Delta schema. Type changes that are not widenings

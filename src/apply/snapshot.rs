@@ -42,7 +42,7 @@ pub fn load(
     let names: Vec<String> = plan.columns.iter().map(|c| c.name.clone()).collect();
     match plan.timeseries {
         None => {
-            let (n, stats) = copy_catching_duplicates(target, relid, &names, stream)?;
+            let (n, stats) = catching_duplicates(target, || copy_from_stream(relid, &names, stream))?;
             result.inserted = n;
             result.skipped_null_key = stats.skipped_null_key;
         }
@@ -80,16 +80,14 @@ fn spi_count(sql: &str) -> Result<u64> {
         .map_err(|e| LakeError::Internal(format!("{sql}: {e}")))
 }
 
-/// A unique violation during the load means the source repeats a key: say so in our words,
-/// naming the key, with the hint that fixes it.
-fn copy_catching_duplicates(
+/// A unique violation while loading or indexing means the source repeats a key: say so in our
+/// words, naming the key, with the hint that fixes it.
+pub fn catching_duplicates<T>(
     target: &TargetName,
-    relid: pg_sys::Oid,
-    names: &[String],
-    stream: ScanStream,
-) -> Result<(u64, crate::types::encode::EncodeStats)> {
+    f: impl FnOnce() -> Result<T> + std::panic::UnwindSafe,
+) -> Result<T> {
     let target_name = target.qualified();
-    PgTryBuilder::new(move || copy_from_stream(relid, names, stream))
+    PgTryBuilder::new(f)
         .catch_when(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, |e| {
             let detail = match &e {
                 pgrx::pg_sys::panic::CaughtError::PostgresError(r)
@@ -98,10 +96,13 @@ fn copy_catching_duplicates(
                 }
                 _ => String::new(),
             };
-            // "Key (id)=(5) already exists."
+            // "Key (id)=(5) already exists." (insert) or "Key (id)=(5) is duplicated." (index)
             let key = detail
                 .strip_prefix("Key ")
-                .and_then(|s| s.strip_suffix(" already exists."))
+                .and_then(|s| {
+                    s.strip_suffix(" already exists.")
+                        .or_else(|| s.strip_suffix(" is duplicated."))
+                })
                 .unwrap_or(&detail)
                 .to_string();
             Err(LakeError::DuplicateKey {
