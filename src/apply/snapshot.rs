@@ -42,7 +42,8 @@ pub fn load(
     let names: Vec<String> = plan.columns.iter().map(|c| c.name.clone()).collect();
     match plan.timeseries {
         None => {
-            let (n, stats) = catching_duplicates(target, || copy_from_stream(relid, &names, stream))?;
+            let (n, stats) =
+                catching_duplicates(target, || copy_from_stream(relid, &names, stream))?;
             result.inserted = n;
             result.skipped_null_key = stats.skipped_null_key;
         }

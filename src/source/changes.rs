@@ -8,12 +8,12 @@ use crate::error::{LakeError, Result};
 use crate::options::NullBytes;
 use crate::types::encode::ColumnPlan;
 use crate::types::PgType;
-use delta_kernel::schema::DataType;
 use arrow::compute::nullif;
 use arrow_array::cast::AsArray;
 use arrow_array::{BooleanArray, RecordBatch};
 use arrow_schema::Schema;
 use delta_kernel::engine::arrow_data::ArrowEngineData;
+use delta_kernel::schema::DataType;
 use delta_kernel::table_changes::TableChanges;
 use delta_kernel::EngineData;
 use std::sync::Arc;
@@ -88,7 +88,10 @@ pub fn start(
             let schema = changes.schema().project(names)?;
             let scan = changes.into_scan_builder().with_schema(schema).build()?;
             let batches = scan.execute(source.engine.clone())?;
-            Ok(Box::new(batches.map(move |b| b.and_then(|b| keys_only_when_gone(b, &keep)))) as Batches)
+            Ok(
+                Box::new(batches.map(move |b| b.and_then(|b| keys_only_when_gone(b, &keep))))
+                    as Batches,
+            )
         },
         move |source, e| gap_or_error(source, from, to, e),
     )

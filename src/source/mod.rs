@@ -10,7 +10,11 @@ pub mod scan;
 use crate::error::{LakeError, Result};
 use delta_kernel::snapshot::SnapshotRef;
 use delta_kernel::{Engine, Snapshot};
+use delta_kernel_default_engine::executor::tokio::TokioMultiThreadExecutor;
+use delta_kernel_default_engine::DefaultEngineBuilder;
+use deltalake::logstore::LogStore;
 use location::SourceLocation;
+use std::num::NonZero;
 use std::sync::{Arc, OnceLock};
 
 /// One tokio runtime per backend, made on first use (after the fork from the postmaster).
@@ -40,6 +44,24 @@ impl DeltaSource {
     }
 }
 
+/// Files the kernel reads ahead while we decode: each holds up to a row group in memory, so
+/// the default (1,000 files) made a scan's memory grow with the table's file count.
+const READAHEAD_FILES: usize = 2;
+/// Rows per Arrow batch: large enough that per-batch work is noise, small enough to stream.
+const BATCH_ROWS: usize = 8192;
+
+/// A kernel engine on the table's object store, on our I/O runtime, with bounded readahead.
+fn engine(store: Arc<dyn object_store::ObjectStore>) -> Arc<dyn Engine> {
+    let executor = TokioMultiThreadExecutor::new(runtime().handle().clone());
+    Arc::new(
+        DefaultEngineBuilder::new(store)
+            .with_task_executor(Arc::new(executor))
+            .with_buffer_size(NonZero::new(READAHEAD_FILES).expect("nonzero"))
+            .with_batch_size(NonZero::new(BATCH_ROWS).expect("nonzero"))
+            .build(),
+    )
+}
+
 /// Opens the Delta table at `location`, at `version` or the latest.
 pub fn open(location: &SourceLocation, version: Option<i64>) -> Result<DeltaSource> {
     location.check_exists()?;
@@ -50,7 +72,7 @@ pub fn open(location: &SourceLocation, version: Option<i64>) -> Result<DeltaSour
             source: location.display(),
             detail: e.to_string(),
         })?;
-    let engine = log_store.engine(None);
+    let engine = engine(log_store.root_object_store(None));
     let root = log_store.root_url().clone();
     let mut builder = Snapshot::builder_for(root.as_str());
     if let Some(v) = version {
