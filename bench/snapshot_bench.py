@@ -172,25 +172,18 @@ def bench_rows(cluster, rows, runs, diy=True):
         if i == 0:
             with psycopg.connect(cluster.dsn(), autocommit=True) as c:
                 c.execute(f"COPY public.sync_0 TO '{binfile}' (FORMAT binary)")
-        checkpoint(cluster)
-        secs, n = one_copy(cluster, binfile, "public.sync_0", f"public.copy_{i}")
-        assert n == rows, n
-        times["copy"].append(secs)
-        print(f"copy run {i}: {secs:.2f}s, {n / secs:,.0f} rows/s", flush=True)
-        checkpoint(cluster)
-        secs, n = one_copy_then_key(cluster, binfile, "public.sync_0", f"public.copyk_{i}")
-        assert n == rows, n
-        times["copyk"].append(secs)
-        print(f"copy + add key run {i}: {secs:.2f}s, {n / secs:,.0f} rows/s", flush=True)
-        drop(cluster, f"public.copyk_{i}")
+        baselines = [("copy", "copy", lambda name: one_copy(cluster, binfile, "public.sync_0", name)),
+                     ("copyk", "copy + add key",
+                      lambda name: one_copy_then_key(cluster, binfile, "public.sync_0", name))]
         if diy:
+            baselines.append(("diy", "diy", lambda name: one_diy(cluster, path, "public.sync_0", name)))
+        for key, what, load in baselines:
             checkpoint(cluster)
-            secs, n = one_diy(cluster, path, "public.sync_0", f"public.diy_{i}")
+            secs, n = load(f"public.{key}_{i}")
             assert n == rows, n
-            times["diy"].append(secs)
-            print(f"diy run {i}: {secs:.2f}s, {n / secs:,.0f} rows/s", flush=True)
-            drop(cluster, f"public.diy_{i}")
-        drop(cluster, f"public.copy_{i}")
+            times[key].append(secs)
+            print(f"{what} run {i}: {secs:.2f}s, {n / secs:,.0f} rows/s", flush=True)
+            drop(cluster, f"public.{key}_{i}")
         if i > 0:
             drop(cluster, f"public.sync_{i}")
     drop(cluster, "public.sync_0")
