@@ -44,8 +44,8 @@ impl DeltaSource {
     }
 }
 
-/// Files the kernel reads ahead while we decode: each holds up to a row group in memory, so
-/// the default (1,000 files) made a scan's memory grow with the table's file count.
+/// Files the kernel reads ahead while we decode. Each file in flight can hold a row group in
+/// memory; the kernel's default is 1,000 files, which bounds nothing.
 const READAHEAD_FILES: usize = 2;
 /// Rows per Arrow batch: large enough that per-batch work is noise, small enough to stream.
 const BATCH_ROWS: usize = 8192;
