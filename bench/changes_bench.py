@@ -20,7 +20,7 @@ from deltalake import DeltaTable
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from pgcluster import Cluster, world_readable_tmpdir  # noqa: E402
-from snapshot_bench import CONF, AnonSampler, make_table, proc_status_kib  # noqa: E402
+from snapshot_bench import CONF, AnonSampler, make_table, server_settings  # noqa: E402
 
 COLS = ["id", "qty", "score", "amount", "note", "at", "day", "flag"]
 
@@ -160,17 +160,14 @@ def main():
         base_version = DeltaTable(base).version()
         with psycopg.connect(cluster.dsn(), autocommit=True) as c:
             c.execute("CREATE EXTENSION pg_lakesync")
-            settings = c.execute(
-                "SELECT name, current_setting(name) FROM pg_settings WHERE name IN "
-                "('shared_buffers', 'wal_level', 'fsync', 'synchronous_commit', 'max_wal_size') "
-                "ORDER BY 1").fetchall()
+            settings = server_settings(c)
         results = [bench_churn(cluster, base, base_version, args.rows, float(ch), args.runs)
                    for ch in args.churn.split(",")]
         shutil.rmtree(os.path.dirname(base))
         print()
         print(f"## W2 incremental: Delta MERGE of 70 % updates, 20 % inserts, 10 % deletes "
               f"(median of {args.runs} runs)")
-        print("server: " + ", ".join(f"{n}={s}" for n, s in settings))
+        print("server: " + settings)
         print()
         print("| workload | path | median s | changes/s | vs expert |")
         print("|---|---|---|---|---|")

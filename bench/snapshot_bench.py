@@ -134,6 +134,14 @@ def one_diy(cluster, path, like, name):
     return secs, n
 
 
+def server_settings(c):
+    """The settings every results table reports, read from the server measured."""
+    rows = c.execute("SELECT name, current_setting(name) FROM pg_settings WHERE name IN "
+                     "('shared_buffers', 'wal_level', 'fsync', 'synchronous_commit', "
+                     "'max_wal_size') ORDER BY 1").fetchall()
+    return ", ".join(f"{n}={v}" for n, v in rows)
+
+
 def checkpoint(cluster):
     """Every timed path starts from the same state: no dirty buffers left by the one before."""
     with psycopg.connect(cluster.dsn(), autocommit=True) as c:
@@ -215,9 +223,7 @@ def main():
     try:
         with psycopg.connect(cluster.dsn(), autocommit=True) as c:
             c.execute("CREATE EXTENSION pg_lakesync")
-            settings = c.execute("SELECT name, current_setting(name) FROM pg_settings WHERE name IN "
-                                 "('shared_buffers', 'wal_level', 'fsync', 'synchronous_commit', "
-                                 "'max_wal_size') ORDER BY 1").fetchall()
+            settings = server_settings(c)
         table, mem = [], []
         for rows in [int(r) for r in args.rows.split(",")]:
             t, m = bench_rows(cluster, rows, args.runs, diy=not args.no_diy)
@@ -225,7 +231,7 @@ def main():
             mem.append(m)
         print()
         print(f"## W1 snapshot, W4 memory (median of {args.runs} runs)")
-        print("server: " + ", ".join(f"{n}={s}" for n, s in settings))
+        print("server: " + settings)
         print()
         print("| workload | path | median s | rows/s | MiB/s (Delta) | vs COPY | vs COPY + key | "
               "vs DIY |")
