@@ -4,6 +4,7 @@ Postgres refuses to run as root, so the cluster is created and started as the `p
 user in a directory that user owns, on a free port. `DATABASE_URL` (or PGHOST/PGPORT/...) points
 everything at an existing server instead; then nothing is started or stopped.
 """
+import atexit
 import os
 import shutil
 import socket
@@ -93,10 +94,17 @@ class Cluster:
         return env
 
 
+def _tmpdir(prefix):
+    """A directory the postgres OS user can read, removed when the Python process exits."""
+    d = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(d, 0o755)
+    atexit.register(shutil.rmtree, d, ignore_errors=True)
+    return d
+
+
 def share_dir(path):
     """Copies a directory tree somewhere the postgres OS user can read and returns the copy."""
-    dst = tempfile.mkdtemp(prefix="lakesync-data-")
-    os.chmod(dst, 0o755)
+    dst = _tmpdir("lakesync-data-")
     out = os.path.join(dst, os.path.basename(path.rstrip("/")))
     shutil.copytree(path, out)
     for root, dirs, files in os.walk(dst):
@@ -108,9 +116,7 @@ def share_dir(path):
 
 
 def world_readable_tmpdir(prefix="lakesync-"):
-    d = tempfile.mkdtemp(prefix=prefix)
-    os.chmod(d, 0o755)
-    return d
+    return _tmpdir(prefix)
 
 
 def wait_for(cond, timeout=10.0, step=0.05):
