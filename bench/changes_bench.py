@@ -20,7 +20,9 @@ from deltalake import DeltaTable
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from pgcluster import Cluster, world_readable_tmpdir  # noqa: E402
-from snapshot_bench import CONF, AnonSampler, make_table, server_settings  # noqa: E402
+import snapshot_bench  # noqa: E402
+from snapshot_bench import (CONF, AnonSampler, make_table, perf_arg, profiled,  # noqa: E402
+                            server_settings, set_perf)
 
 COLS = ["id", "qty", "score", "amount", "note", "at", "day", "flag"]
 
@@ -57,6 +59,7 @@ def bench_churn(cluster, base_path, base_version, rows, churn, runs):
     """W2 at one churn: sync_now against the expert's SQL, and a full_refresh of the same
     table (a full snapshot) to show where reloading becomes cheaper than applying changes."""
     changes = int(rows * churn)
+    snapshot_bench.PERF_TAG = f"w2-{rows}-{churn:g}"
     path = os.path.join(world_readable_tmpdir("lakesync-bench-"), "w2")
     shutil.copytree(base_path, path)
     os.system(f"chmod -R a+rX {os.path.dirname(path)}")
@@ -91,10 +94,11 @@ def bench_churn(cluster, base_path, base_version, rows, churn, runs):
             pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
             sampler = AnonSampler(pid)
             sampler.start()
-            t = time.perf_counter()
-            r = c.execute("SELECT rows_inserted, rows_updated, rows_deleted, change_source "
-                          "FROM sync_now('synced')").fetchone()
-            secs = time.perf_counter() - t
+            with profiled(pid, "sync_now"):
+                t = time.perf_counter()
+                r = c.execute("SELECT rows_inserted, rows_updated, rows_deleted, change_source "
+                              "FROM sync_now('synced')").fetchone()
+                secs = time.perf_counter() - t
             sampler.stop.set()
             sampler.join()
             assert r == (n_ins, n_upd, n_del, "cdf"), r
@@ -104,16 +108,17 @@ def bench_churn(cluster, base_path, base_version, rows, churn, runs):
                   f"backend peak private memory {sampler.peak / 1024:.0f} MiB", flush=True)
             c.execute("CHECKPOINT")
             set_list = ", ".join(f"{k} = EXCLUDED.{k}" for k in COLS[1:])
-            t = time.perf_counter()
-            with c.transaction():
-                c.execute("CREATE TEMP TABLE stage (LIKE changes_src) ON COMMIT DROP")
-                c.execute(f"COPY stage FROM '{binfile}' (FORMAT binary)")
-                c.execute("ANALYZE stage")
-                c.execute(f"INSERT INTO expert SELECT {', '.join(COLS)} FROM stage "
-                          f"WHERE op <> 'delete' ON CONFLICT (id) DO UPDATE SET {set_list}")
-                c.execute("DELETE FROM expert e USING stage s "
-                          "WHERE s.op = 'delete' AND e.id = s.id")
-            secs = time.perf_counter() - t
+            with profiled(pid, "expert"):
+                t = time.perf_counter()
+                with c.transaction():
+                    c.execute("CREATE TEMP TABLE stage (LIKE changes_src) ON COMMIT DROP")
+                    c.execute(f"COPY stage FROM '{binfile}' (FORMAT binary)")
+                    c.execute("ANALYZE stage")
+                    c.execute(f"INSERT INTO expert SELECT {', '.join(COLS)} FROM stage "
+                              f"WHERE op <> 'delete' ON CONFLICT (id) DO UPDATE SET {set_list}")
+                    c.execute("DELETE FROM expert e USING stage s "
+                              "WHERE s.op = 'delete' AND e.id = s.id")
+                secs = time.perf_counter() - t
             expert_t.append(secs)
             print(f"expert run {i}: {secs:.2f}s, {changes / secs:,.0f} changes/s", flush=True)
             assert checksum(c, "synced") == checksum(c, "expert"), "tables differ"
@@ -149,7 +154,9 @@ def main():
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--churn", default="0.1", help="comma-separated, e.g. 0.01,0.1,0.5")
     ap.add_argument("--runs", type=int, default=3)
+    perf_arg(ap)
     args = ap.parse_args()
+    set_perf(args)
     cluster = Cluster(conf=CONF).start()
     try:
         base = os.path.join(world_readable_tmpdir("lakesync-bench-"), "base")

@@ -4,10 +4,13 @@ backend's peak memory. Ratios are measured in one run on one machine; see BENCHM
     python3 bench/snapshot_bench.py --rows 1000000 --runs 3
 """
 import argparse
+import contextlib
 import datetime as dt
 import os
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -22,6 +25,50 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from pgcluster import Cluster, world_readable_tmpdir  # noqa: E402
 
 CONF = {"shared_buffers": "'1GB'", "max_wal_size": "'8GB'", "checkpoint_timeout": "'30min'"}
+
+
+# --perf DIR: record each measured path with perf (CPU samples, and page faults in 64s, all threads of
+# the backend) into DIR/<path>.{cpu,faults}.{data,txt}. Profiled runs are slower; use --runs 1.
+PERF_DIR = None
+PERF_TAG = ""  # the workload being measured, e.g. "w1-1000000"
+
+
+@contextlib.contextmanager
+def profiled(pid, name):
+    """perf on one backend while the block runs, when --perf is given; a no-op otherwise."""
+    name = name.split(".")[-1]
+    if not PERF_DIR:
+        yield
+        return
+    events = {"cpu": ["-e", "cpu-clock", "-F", "499"], "faults": ["-e", "page-faults", "-c", "64"]}
+    procs = {k: subprocess.Popen(["perf", "record", "-g", *ev, "-p", str(pid), "-o",
+                                  os.path.join(PERF_DIR, f"{PERF_TAG}-{name}.{k}.data")],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for k, ev in events.items()}
+    time.sleep(0.5)  # perf attaches to every thread of the backend
+    try:
+        yield
+    finally:
+        for k, p in procs.items():
+            p.send_signal(signal.SIGINT)
+            p.wait()
+            data = os.path.join(PERF_DIR, f"{PERF_TAG}-{name}.{k}.data")
+            with open(data[:-len(".data")] + ".txt", "w") as f:
+                for sort in ("dso", "dso,sym"):
+                    subprocess.run(["perf", "report", "-i", data, "--no-children", "-g", "none",
+                                    "--sort", sort, "--percent-limit", "0.5", "--stdio"],
+                                   stdout=f, stderr=subprocess.DEVNULL)
+
+
+def perf_arg(ap):
+    ap.add_argument("--perf", metavar="DIR", help="profile each measured path with perf into DIR")
+
+
+def set_perf(args):
+    global PERF_DIR
+    if args.perf:
+        PERF_DIR = os.path.abspath(args.perf)
+        os.makedirs(PERF_DIR, exist_ok=True)
 
 
 def make_table(path, rows, files=10, seed=42):
@@ -79,10 +126,11 @@ def one_sync(cluster, path, name):
         base = proc_status_kib(pid, "RssAnon")
         sampler = AnonSampler(pid)
         sampler.start()
-        t = time.perf_counter()
-        n = c.execute("SELECT rows_loaded FROM create_synced_table(%s, %s, ARRAY['id'])",
-                      (name, path)).fetchone()[0]
-        secs = time.perf_counter() - t
+        with profiled(pid, name):
+            t = time.perf_counter()
+            n = c.execute("SELECT rows_loaded FROM create_synced_table(%s, %s, ARRAY['id'])",
+                          (name, path)).fetchone()[0]
+            secs = time.perf_counter() - t
         sampler.stop.set()
         sampler.join()
     return secs, n, sampler.peak, base
@@ -91,9 +139,11 @@ def one_sync(cluster, path, name):
 def one_copy(cluster, binfile, like, name):
     with psycopg.connect(cluster.dsn(), autocommit=True) as c:
         c.execute(f"CREATE TABLE {name} (LIKE {like} INCLUDING ALL)")
-        t = time.perf_counter()
-        c.execute(f"COPY {name} FROM '{binfile}' (FORMAT binary)")
-        secs = time.perf_counter() - t
+        pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+        with profiled(pid, name):
+            t = time.perf_counter()
+            c.execute(f"COPY {name} FROM '{binfile}' (FORMAT binary)")
+            secs = time.perf_counter() - t
         n = c.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
     return secs, n
 
@@ -103,12 +153,14 @@ def one_copy_then_key(cluster, binfile, like, name):
     sorted index build instead of a b-tree insert per row) — what the first sync does too."""
     with psycopg.connect(cluster.dsn()) as c:
         c.execute(f"CREATE TABLE {name} (LIKE {like} INCLUDING DEFAULTS)")
+        pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
         c.commit()
-        t = time.perf_counter()
-        c.execute(f"COPY {name} FROM '{binfile}' (FORMAT binary)")
-        c.execute(f"ALTER TABLE {name} ADD PRIMARY KEY (id)")
-        c.commit()
-        secs = time.perf_counter() - t
+        with profiled(pid, name):
+            t = time.perf_counter()
+            c.execute(f"COPY {name} FROM '{binfile}' (FORMAT binary)")
+            c.execute(f"ALTER TABLE {name} ADD PRIMARY KEY (id)")
+            c.commit()
+            secs = time.perf_counter() - t
         n = c.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
     return secs, n
 
@@ -158,6 +210,8 @@ def drop(cluster, name):
 
 def bench_rows(cluster, rows, runs, diy=True):
     """W1 and W4 at one table size; returns the markdown rows of the results table."""
+    global PERF_TAG
+    PERF_TAG = f"w1-{rows}"
     path = os.path.join(world_readable_tmpdir("lakesync-bench-"), "w1")
     t = time.perf_counter()
     make_table(path, rows)
@@ -218,7 +272,9 @@ def main():
                     help="comma-separated table sizes, e.g. 1000000,10000000")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--no-diy", action="store_true", help="skip the (slow) Python path")
+    perf_arg(ap)
     args = ap.parse_args()
+    set_perf(args)
     cluster = Cluster(conf=CONF).start()
     try:
         with psycopg.connect(cluster.dsn(), autocommit=True) as c:

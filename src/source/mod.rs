@@ -21,6 +21,7 @@ use std::sync::{Arc, OnceLock};
 pub fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
+        return_large_buffers();
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("lakesync-io")
@@ -28,6 +29,34 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
             .build()
             .expect("cannot start the pg_lakesync I/O runtime")
     })
+}
+
+/// Buffers above this size get their own mapping, returned to the OS when freed.
+const MMAP_THRESHOLD: i32 = 2 << 20;
+
+/// Keeps a sync's memory at what it holds, not what it once held. glibc raises its mmap threshold
+/// (up to 32 MiB) each time a large block is freed, after which the row groups a scan fetches
+/// (a few MiB to 100+ MiB each) are carved from per-thread arenas that keep them after use:
+/// measured on a 10 M-row load, peak private memory 134–199 MiB with the default, 95 MiB with a
+/// fixed 2 MiB threshold. Only in backends that sync (called when the I/O runtime starts); smaller
+/// blocks — Arrow batches, decoded pages, COPY chunks — are reused from the arenas as before.
+fn return_large_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocation policy for later allocations.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
+}
+
+/// Gives the memory a finished scan freed back to the OS. glibc keeps freed memory in the arena of
+/// the thread that freed it (the scan and I/O threads each have one), so without this the
+/// backend would carry a scan's row-group buffers through the index build and the commit.
+pub fn release_scan_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory; it is safe to call from any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// A Delta table opened at one version.
@@ -44,13 +73,13 @@ impl DeltaSource {
     }
 }
 
-/// Files the kernel reads ahead while we decode. Each file in flight can hold a row group in
-/// memory; the kernel's default is 1,000 files, which bounds nothing.
+/// Files the kernel opens ahead (reads their footers) while we decode; their data is read one file
+/// at a time, a whole row group at once. The kernel's default is 1,000 files.
 const READAHEAD_FILES: usize = 2;
 /// Rows per Arrow batch: large enough that per-batch work is noise, small enough to stream.
 const BATCH_ROWS: usize = 8192;
 
-/// A kernel engine on the table's object store, on our I/O runtime, with bounded readahead.
+/// A kernel engine on the table's object store, on our I/O runtime, with our batch size.
 fn engine(store: Arc<dyn object_store::ObjectStore>) -> Arc<dyn Engine> {
     let executor = TokioMultiThreadExecutor::new(runtime().handle().clone());
     Arc::new(
