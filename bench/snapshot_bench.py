@@ -120,32 +120,38 @@ class AnonSampler(threading.Thread):
             time.sleep(0.01)
 
 
+@contextlib.contextmanager
+def measured(c, name):
+    """Times the block and samples the backend's peak private memory (and profiles it with
+    --perf); yields a dict that holds secs and peak (KiB) once the block is done."""
+    pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+    out = {"base": proc_status_kib(pid, "RssAnon")}
+    sampler = AnonSampler(pid)
+    sampler.start()
+    with profiled(pid, name):
+        t = time.perf_counter()
+        yield out
+        out["secs"] = time.perf_counter() - t
+    sampler.stop.set()
+    sampler.join()
+    out["peak"] = sampler.peak
+
+
 def one_sync(cluster, path, name):
     with psycopg.connect(cluster.dsn(), autocommit=True) as c:
-        pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
-        base = proc_status_kib(pid, "RssAnon")
-        sampler = AnonSampler(pid)
-        sampler.start()
-        with profiled(pid, name):
-            t = time.perf_counter()
+        with measured(c, name) as m:
             n = c.execute("SELECT rows_loaded FROM create_synced_table(%s, %s, ARRAY['id'])",
                           (name, path)).fetchone()[0]
-            secs = time.perf_counter() - t
-        sampler.stop.set()
-        sampler.join()
-    return secs, n, sampler.peak, base
+    return m["secs"], n, m["peak"], m["base"]
 
 
 def one_copy(cluster, binfile, like, name):
     with psycopg.connect(cluster.dsn(), autocommit=True) as c:
         c.execute(f"CREATE TABLE {name} (LIKE {like} INCLUDING ALL)")
-        pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
-        with profiled(pid, name):
-            t = time.perf_counter()
+        with measured(c, name) as m:
             c.execute(f"COPY {name} FROM '{binfile}' (FORMAT binary)")
-            secs = time.perf_counter() - t
         n = c.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
-    return secs, n
+    return m["secs"], n, m["peak"]
 
 
 def one_copy_then_key(cluster, binfile, like, name):
@@ -153,16 +159,13 @@ def one_copy_then_key(cluster, binfile, like, name):
     sorted index build instead of a b-tree insert per row) — what the first sync does too."""
     with psycopg.connect(cluster.dsn()) as c:
         c.execute(f"CREATE TABLE {name} (LIKE {like} INCLUDING DEFAULTS)")
-        pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
         c.commit()
-        with profiled(pid, name):
-            t = time.perf_counter()
+        with measured(c, name) as m:
             c.execute(f"COPY {name} FROM '{binfile}' (FORMAT binary)")
             c.execute(f"ALTER TABLE {name} ADD PRIMARY KEY (id)")
             c.commit()
-            secs = time.perf_counter() - t
         n = c.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
-    return secs, n
+    return m["secs"], n, m["peak"]
 
 
 def one_diy(cluster, path, like, name):
@@ -174,16 +177,15 @@ def one_diy(cluster, path, like, name):
             "SELECT atttypid::int FROM pg_attribute WHERE attrelid = %s::regclass "
             "AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (name,))]
         c.commit()
-        t = time.perf_counter()
-        with c.cursor().copy(f"COPY {name} FROM STDIN (FORMAT binary)") as cp:
-            cp.set_types(oids)
-            for batch in DeltaTable(path).to_pyarrow_dataset().to_batches():
-                for row in zip(*(col.to_pylist() for col in batch.columns)):
-                    cp.write_row(row)
-        c.commit()
-        secs = time.perf_counter() - t
+        with measured(c, name) as m:
+            with c.cursor().copy(f"COPY {name} FROM STDIN (FORMAT binary)") as cp:
+                cp.set_types(oids)
+                for batch in DeltaTable(path).to_pyarrow_dataset().to_batches():
+                    for row in zip(*(col.to_pylist() for col in batch.columns)):
+                        cp.write_row(row)
+            c.commit()
         n = c.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
-    return secs, n
+    return m["secs"], n, m["peak"]
 
 
 def server_settings(c):
@@ -221,13 +223,14 @@ def bench_rows(cluster, rows, runs, diy=True):
     shutil.chown(bindir, "postgres", "postgres")  # the server writes the COPY file
     binfile = os.path.join(bindir, "rows.bin")
     times = {"sync": [], "copy": [], "copyk": [], "diy": []}
-    peaks, bases = [], []
+    peaks = {k: [] for k in times}
+    bases = []
     for i in range(runs):
         checkpoint(cluster)
         secs, n, peak, base = one_sync(cluster, path, f"public.sync_{i}")
         assert n == rows, n
         times["sync"].append(secs)
-        peaks.append(peak)
+        peaks["sync"].append(peak)
         bases.append(base)
         print(f"sync run {i}: {secs:.2f}s, {n / secs:,.0f} rows/s, backend peak private "
               f"memory {peak / 1024:.0f} MiB (at connect {base / 1024:.0f} MiB)", flush=True)
@@ -241,10 +244,12 @@ def bench_rows(cluster, rows, runs, diy=True):
             baselines.append(("diy", "diy", lambda name: one_diy(cluster, path, "public.sync_0", name)))
         for key, what, load in baselines:
             checkpoint(cluster)
-            secs, n = load(f"public.{key}_{i}")
+            secs, n, peak = load(f"public.{key}_{i}")
             assert n == rows, n
             times[key].append(secs)
-            print(f"{what} run {i}: {secs:.2f}s, {n / secs:,.0f} rows/s", flush=True)
+            peaks[key].append(peak)
+            print(f"{what} run {i}: {secs:.2f}s, {n / secs:,.0f} rows/s, backend peak private "
+                  f"memory {peak / 1024:.0f} MiB", flush=True)
             drop(cluster, f"public.{key}_{i}")
         if i > 0:
             drop(cluster, f"public.sync_{i}")
@@ -262,7 +267,9 @@ def bench_rows(cluster, rows, runs, diy=True):
             out.append(f"| {label} | {name} | {m:.2f} | {rows / m:,.0f} | {mib / m:.1f} | "
                        f"{med['copy'] / m:.2f}x | {med['copyk'] / m:.2f}x | "
                        + (f"{med['diy'] / m:.2f}x |" if "diy" in med else "– |"))
-    mem = (f"| {label} | {max(peaks) / 1024:.0f} MiB | {statistics.median(bases) / 1024:.0f} MiB |")
+    mem = f"| {label} | " + " | ".join(
+        f"{min(peaks[k]) / 1024:.0f}–{max(peaks[k]) / 1024:.0f} MiB" if peaks[k] else "–"
+        for k in ("sync", "copy", "copyk", "diy")) + f" | {statistics.median(bases) / 1024:.0f} MiB |"
     return out, mem
 
 
@@ -294,8 +301,11 @@ def main():
         print("|---|---|---|---|---|---|---|---|")
         print("\n".join(table))
         print()
-        print("| workload | syncing backend peak private memory (RssAnon) | at connect |")
-        print("|---|---|---|")
+        print("Backend peak private memory (RssAnon), min–max over the runs:")
+        print()
+        print("| workload | create_synced_table | COPY | COPY + ADD PRIMARY KEY | DIY (server side) | "
+              "at connect |")
+        print("|---|---|---|---|---|---|")
         print("\n".join(mem))
     finally:
         cluster.stop()
