@@ -142,7 +142,7 @@ def one_sync(cluster, path, name):
         with measured(c, name) as m:
             n = c.execute("SELECT rows_loaded FROM create_synced_table(%s, %s, ARRAY['id'])",
                           (name, path)).fetchone()[0]
-    return m["secs"], n, m["peak"], m["base"]
+    return n, m
 
 
 def one_copy(cluster, binfile, like, name):
@@ -151,7 +151,7 @@ def one_copy(cluster, binfile, like, name):
         with measured(c, name) as m:
             c.execute(f"COPY {name} FROM '{binfile}' (FORMAT binary)")
         n = c.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
-    return m["secs"], n, m["peak"]
+    return n, m
 
 
 def one_copy_then_key(cluster, binfile, like, name):
@@ -165,7 +165,7 @@ def one_copy_then_key(cluster, binfile, like, name):
             c.execute(f"ALTER TABLE {name} ADD PRIMARY KEY (id)")
             c.commit()
         n = c.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
-    return m["secs"], n, m["peak"]
+    return n, m
 
 
 def one_diy(cluster, path, like, name):
@@ -185,7 +185,7 @@ def one_diy(cluster, path, like, name):
                         cp.write_row(row)
             c.commit()
         n = c.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
-    return m["secs"], n, m["peak"]
+    return n, m
 
 
 def server_settings(c):
@@ -222,38 +222,34 @@ def bench_rows(cluster, rows, runs, diy=True):
     bindir = world_readable_tmpdir("lakesync-bench-bin-")
     shutil.chown(bindir, "postgres", "postgres")  # the server writes the COPY file
     binfile = os.path.join(bindir, "rows.bin")
-    times = {"sync": [], "copy": [], "copyk": [], "diy": []}
-    peaks = {k: [] for k in times}
+    # Unmeasured warm-up: the template every baseline copies its definition from, the rows of
+    # the COPY paths, and WAL segments every later path recycles instead of creating.
+    checkpoint(cluster)
+    one_sync(cluster, path, "public.sync_template")
+    with psycopg.connect(cluster.dsn(), autocommit=True) as c:
+        c.execute(f"COPY public.sync_template TO '{binfile}' (FORMAT binary)")
+    paths = [("sync", "sync", lambda name: one_sync(cluster, path, name)),
+             ("copy", "copy", lambda name: one_copy(cluster, binfile, "public.sync_template", name)),
+             ("copyk", "copy + add key",
+              lambda name: one_copy_then_key(cluster, binfile, "public.sync_template", name))]
+    if diy:
+        paths.append(("diy", "diy", lambda name: one_diy(cluster, path, "public.sync_template", name)))
+    times = {k: [] for k, _, _ in paths}
+    peaks = {k: [] for k, _, _ in paths}
     bases = []
     for i in range(runs):
-        checkpoint(cluster)
-        secs, n, peak, base = one_sync(cluster, path, f"public.sync_{i}")
-        assert n == rows, n
-        times["sync"].append(secs)
-        peaks["sync"].append(peak)
-        bases.append(base)
-        print(f"sync run {i}: {secs:.2f}s, {n / secs:,.0f} rows/s, backend peak private "
-              f"memory {peak / 1024:.0f} MiB (at connect {base / 1024:.0f} MiB)", flush=True)
-        if i == 0:
-            with psycopg.connect(cluster.dsn(), autocommit=True) as c:
-                c.execute(f"COPY public.sync_0 TO '{binfile}' (FORMAT binary)")
-        baselines = [("copy", "copy", lambda name: one_copy(cluster, binfile, "public.sync_0", name)),
-                     ("copyk", "copy + add key",
-                      lambda name: one_copy_then_key(cluster, binfile, "public.sync_0", name))]
-        if diy:
-            baselines.append(("diy", "diy", lambda name: one_diy(cluster, path, "public.sync_0", name)))
-        for key, what, load in baselines:
+        # Each run starts with a different path: none always follows the same neighbour.
+        for key, what, load in paths[i % len(paths):] + paths[:i % len(paths)]:
             checkpoint(cluster)
-            secs, n, peak = load(f"public.{key}_{i}")
+            n, m = load(f"public.{key}_{i}")
             assert n == rows, n
-            times[key].append(secs)
-            peaks[key].append(peak)
-            print(f"{what} run {i}: {secs:.2f}s, {n / secs:,.0f} rows/s, backend peak private "
-                  f"memory {peak / 1024:.0f} MiB", flush=True)
+            times[key].append(m["secs"])
+            peaks[key].append(m["peak"])
+            bases.append(m["base"])
+            print(f"{what} run {i}: {m['secs']:.2f}s, {n / m['secs']:,.0f} rows/s, backend peak "
+                  f"private memory {m['peak'] / 1024:.0f} MiB", flush=True)
             drop(cluster, f"public.{key}_{i}")
-        if i > 0:
-            drop(cluster, f"public.sync_{i}")
-    drop(cluster, "public.sync_0")
+    drop(cluster, "public.sync_template")
     shutil.rmtree(os.path.dirname(path))
     shutil.rmtree(bindir)
     med = {k: statistics.median(v) for k, v in times.items() if v}
@@ -269,8 +265,27 @@ def bench_rows(cluster, rows, runs, diy=True):
                        + (f"{med['diy'] / m:.2f}x |" if "diy" in med else "– |"))
     mem = f"| {label} | " + " | ".join(
         f"{min(peaks[k]) / 1024:.0f}–{max(peaks[k]) / 1024:.0f} MiB" if peaks[k] else "–"
-        for k in ("sync", "copy", "copyk", "diy")) + f" | {statistics.median(bases) / 1024:.0f} MiB |"
+        for k in ("sync", "copy", "copyk", "diy") if k in peaks) + (" | –" if not diy else "") \
+        + f" | {statistics.median(bases) / 1024:.0f} MiB |"
     return out, mem
+
+
+def memory_in_small_files(cluster, rows, files):
+    """W4 with the same rows in more, smaller files: what the peak owes to the writer's row-group
+    size rather than to the table's size. One sync; returns a row of the memory table."""
+    path = os.path.join(world_readable_tmpdir("lakesync-bench-"), "w4")
+    make_table(path, rows, files=files)
+    mib = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs) / 2**20
+    checkpoint(cluster)
+    n, m = one_sync(cluster, path, "public.sync_w4")
+    assert n == rows, n
+    peak, base = m["peak"], m["base"]
+    print(f"sync of {rows:,} rows in {files} files: {m['secs']:.2f}s, backend peak private "
+          f"memory {peak / 1024:.0f} MiB", flush=True)
+    drop(cluster, "public.sync_w4")
+    shutil.rmtree(os.path.dirname(path))
+    return (f"| {rows / 1e6:g} M rows in {files} files ({mib:.0f} MiB Delta) | "
+            f"{peak / 1024:.0f} MiB | – | – | – | {base / 1024:.0f} MiB |")
 
 
 def main():
@@ -279,6 +294,8 @@ def main():
                     help="comma-separated table sizes, e.g. 1000000,10000000")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--no-diy", action="store_true", help="skip the (slow) Python path")
+    ap.add_argument("--small-files", type=int, default=100, metavar="N",
+                    help="W4 also loads the largest size written in N files (0: skip)")
     perf_arg(ap)
     args = ap.parse_args()
     set_perf(args)
@@ -292,6 +309,9 @@ def main():
             t, m = bench_rows(cluster, rows, args.runs, diy=not args.no_diy)
             table += t
             mem.append(m)
+        if args.small_files:
+            rows = max(int(r) for r in args.rows.split(","))
+            mem.append(memory_in_small_files(cluster, rows, args.small_files))
         print()
         print(f"## W1 snapshot, W4 memory (median of {args.runs} runs)")
         print("server: " + settings)
