@@ -19,6 +19,10 @@ for arg in "$@"; do
     *) echo "usage: bash bench/run.sh [--quick] [--perf]" >&2; exit 2 ;;
   esac
 done
+if [ ${#perf[@]} -gt 0 ] && ! command -v perf >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null
+fi
 mkdir -p target/bench
 out="target/bench/$stamp.md"
 {
