@@ -7,9 +7,6 @@
 # See BENCHMARKS.md for what each path does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/prereqs.sh
-# Benchmarks measure the release build; `scripts/test.sh` installs the debug one.
-cargo pgrx install --release --pg-config "${PG_CONFIG:-/usr/bin/pg_config}" >/dev/null
 rows=1000000,10000000 changes_rows=10000000 runs=3 perf=()
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 for arg in "$@"; do
@@ -19,6 +16,9 @@ for arg in "$@"; do
     *) echo "usage: bash bench/run.sh [--quick] [--perf]" >&2; exit 2 ;;
   esac
 done
+bash scripts/prereqs.sh
+# Benchmarks measure the release build; `scripts/test.sh` installs the debug one.
+cargo pgrx install --release --pg-config "${PG_CONFIG:-/usr/bin/pg_config}" >/dev/null
 if [ ${#perf[@]} -gt 0 ] && ! command -v perf >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null
