@@ -21,8 +21,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from pgcluster import Cluster, world_readable_tmpdir  # noqa: E402
 import snapshot_bench  # noqa: E402
-from snapshot_bench import (CONF, AnonSampler, make_table, perf_arg, profiled,  # noqa: E402
-                            server_settings, set_perf)
+from snapshot_bench import (CONF, make_table, measured, perf_arg, server_settings,  # noqa: E402
+                            set_perf)
 
 COLS = ["id", "qty", "score", "amount", "note", "at", "day", "flag"]
 
@@ -91,25 +91,18 @@ def bench_churn(cluster, base_path, base_version, rows, churn, runs):
             c.execute("VACUUM ANALYZE expert")
             c.execute("CHECKPOINT")
             c.execute("UPDATE lakesync.synced_tables SET options = options - 'version'")
-            pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
-            sampler = AnonSampler(pid)
-            sampler.start()
-            with profiled(pid, "sync_now"):
-                t = time.perf_counter()
+            with measured(c, "sync_now") as m:
                 r = c.execute("SELECT rows_inserted, rows_updated, rows_deleted, change_source "
                               "FROM sync_now('synced')").fetchone()
-                secs = time.perf_counter() - t
-            sampler.stop.set()
-            sampler.join()
             assert r == (n_ins, n_upd, n_del, "cdf"), r
+            secs = m["secs"]
             sync_t.append(secs)
-            peaks.append(sampler.peak)
+            peaks.append(m["peak"])
             print(f"sync_now run {i}: {secs:.2f}s, {changes / secs:,.0f} changes/s, "
-                  f"backend peak private memory {sampler.peak / 1024:.0f} MiB", flush=True)
+                  f"backend peak private memory {m['peak'] / 1024:.0f} MiB", flush=True)
             c.execute("CHECKPOINT")
             set_list = ", ".join(f"{k} = EXCLUDED.{k}" for k in COLS[1:])
-            with profiled(pid, "expert"):
-                t = time.perf_counter()
+            with measured(c, "expert") as m:
                 with c.transaction():
                     c.execute("CREATE TEMP TABLE stage (LIKE changes_src) ON COMMIT DROP")
                     c.execute(f"COPY stage FROM '{binfile}' (FORMAT binary)")
@@ -118,7 +111,7 @@ def bench_churn(cluster, base_path, base_version, rows, churn, runs):
                               f"WHERE op <> 'delete' ON CONFLICT (id) DO UPDATE SET {set_list}")
                     c.execute("DELETE FROM expert e USING stage s "
                               "WHERE s.op = 'delete' AND e.id = s.id")
-                secs = time.perf_counter() - t
+            secs = m["secs"]
             expert_t.append(secs)
             print(f"expert run {i}: {secs:.2f}s, {changes / secs:,.0f} changes/s", flush=True)
             assert checksum(c, "synced") == checksum(c, "expert"), "tables differ"
