@@ -553,7 +553,6 @@ fn load_snapshot(
         stream,
         replace_existing && cleared.is_none(),
     )?;
-    crate::source::release_scan_memory();
     if !replace_existing {
         // A new target: its key's index is built once the rows are in (see create_target).
         apply::ddl::add_primary_key(run.target, plan)?;

@@ -119,7 +119,6 @@ pub fn apply(target: &TargetName, plan: &ColumnsPlan, parts: Vec<StagePart>) -> 
         );
         skipped_null_key += stats.skipped_null_key;
     }
-    crate::source::release_scan_memory();
 
     if sql.timeseries.is_some()
         && exists(&format!(

@@ -30,11 +30,12 @@ thread_local! {
 }
 
 /// Clears the feed however the COPY ends (success, ERROR, cancel), which drops the stream and
-/// so stops the scan thread.
+/// so stops the scan thread, and returns the scan's freed buffers to the OS.
 struct FeedGuard;
 impl Drop for FeedGuard {
     fn drop(&mut self) {
         FEED.with(|f| f.borrow_mut().take());
+        crate::source::release_scan_memory();
     }
 }
 

@@ -48,9 +48,10 @@ fn return_large_buffers() {
     }
 }
 
-/// Gives the memory a finished scan freed back to the OS. glibc keeps freed memory in the arena of
-/// the thread that freed it (the scan and I/O threads each have one), so without this the
-/// backend would carry a scan's row-group buffers through the index build and the commit.
+/// Gives the memory a finished scan freed back to the OS (called when its COPY ends). glibc keeps
+/// freed memory in the arena of the thread that freed it (the scan and I/O threads each have
+/// one), so without this the backend would carry a scan's buffers through the index build, the
+/// apply statement and the commit.
 pub fn release_scan_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free memory; it is safe to call from any thread.
