@@ -41,8 +41,9 @@ def profiled(pid, name):
         yield
         return
     events = {"cpu": ["-e", "cpu-clock", "-F", "499"], "faults": ["-e", "page-faults", "-c", "64"]}
+    stem = os.path.join(PERF_DIR, f"{PERF_TAG}-{name}")
     procs = {k: subprocess.Popen(["perf", "record", "-g", *ev, "-p", str(pid), "-o",
-                                  os.path.join(PERF_DIR, f"{PERF_TAG}-{name}.{k}.data")],
+                                  f"{stem}.{k}.data"],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for k, ev in events.items()}
     time.sleep(0.5)  # perf attaches to every thread of the backend
@@ -52,8 +53,8 @@ def profiled(pid, name):
         for k, p in procs.items():
             p.send_signal(signal.SIGINT)
             p.wait()
-            data = os.path.join(PERF_DIR, f"{PERF_TAG}-{name}.{k}.data")
-            with open(data[:-len(".data")] + ".txt", "w") as f:
+            data = f"{stem}.{k}.data"
+            with open(f"{stem}.{k}.txt", "w") as f:
                 for sort in ("dso", "dso,sym"):
                     subprocess.run(["perf", "report", "-i", data, "--no-children", "-g", "none",
                                     "--sort", sort, "--percent-limit", "0.5", "--stdio"],
@@ -93,6 +94,10 @@ def make_table(path, rows, files=10, seed=42):
         })
         write_deltalake(path, batch, mode="append")
     os.system(f"chmod -R a+rX {path}")
+
+
+def delta_mib(path):
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs) / 2**20
 
 
 def proc_status_kib(pid, field):
@@ -218,7 +223,7 @@ def bench_rows(cluster, rows, runs, diy=True):
     t = time.perf_counter()
     make_table(path, rows)
     print(f"wrote {rows:,} rows in {time.perf_counter() - t:.1f}s", flush=True)
-    mib = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs) / 2**20
+    mib = delta_mib(path)
     bindir = world_readable_tmpdir("lakesync-bench-bin-")
     shutil.chown(bindir, "postgres", "postgres")  # the server writes the COPY file
     binfile = os.path.join(bindir, "rows.bin")
@@ -264,9 +269,8 @@ def bench_rows(cluster, rows, runs, diy=True):
                        f"{med['copy'] / m:.2f}x | {med['copyk'] / m:.2f}x | "
                        + (f"{med['diy'] / m:.2f}x |" if "diy" in med else "– |"))
     mem = f"| {label} | " + " | ".join(
-        f"{min(peaks[k]) / 1024:.0f}–{max(peaks[k]) / 1024:.0f} MiB" if peaks[k] else "–"
-        for k in ("sync", "copy", "copyk", "diy") if k in peaks) + (" | –" if not diy else "") \
-        + f" | {statistics.median(bases) / 1024:.0f} MiB |"
+        f"{min(peaks[k]) / 1024:.0f}–{max(peaks[k]) / 1024:.0f} MiB" if k in peaks else "–"
+        for k in ("sync", "copy", "copyk", "diy")) + f" | {statistics.median(bases) / 1024:.0f} MiB |"
     return out, mem
 
 
@@ -275,7 +279,7 @@ def memory_in_small_files(cluster, rows, files):
     size rather than to the table's size. One sync; returns a row of the memory table."""
     path = os.path.join(world_readable_tmpdir("lakesync-bench-"), "w4")
     make_table(path, rows, files=files)
-    mib = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs) / 2**20
+    mib = delta_mib(path)
     checkpoint(cluster)
     n, m = one_sync(cluster, path, "public.sync_w4")
     assert n == rows, n
