@@ -8,8 +8,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 from pgcluster import Cluster, share_dir  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.environ.get("LAKESYNC_SHARED", os.path.join(os.path.dirname(REPO), "shared"))
-FIXTURES = os.path.join(SHARED, "fixtures")
+# The Spark/Databricks Delta tables and an independent reader's rows, carried in the repository
+# (tests/fixtures/README.md), so the suite runs on any fresh clone.
+FIXTURES = os.path.join(REPO, "tests", "fixtures")
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +22,7 @@ def cluster():
 
 @pytest.fixture(scope="session")
 def fixtures_dir():
-    """A copy of the shared Delta fixtures the postgres OS user can read (shared/ is read-only)."""
+    """A copy of the Delta fixtures the postgres OS user can read (tests write to copies only)."""
     return share_dir(os.path.join(FIXTURES, "delta"))
 
 

@@ -1,4 +1,4 @@
-"""Every real Delta table in shared/fixtures syncs, and the rows equal an independent reader's."""
+"""Every real Delta table in tests/fixtures syncs, and the rows equal an independent reader's."""
 import json
 import os
 
@@ -7,9 +7,7 @@ from deltalake import DeltaTable
 
 from lakecompare import canon_rows, pg_rows, read_expected
 
-TABLES = sorted(os.listdir(os.path.join(os.path.dirname(__file__), "..", "..", "shared",
-                                        "fixtures", "delta"))) if os.path.isdir(
-    os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures", "delta")) else []
+TABLES = sorted(os.listdir(os.path.join(os.path.dirname(__file__), "fixtures", "delta")))
 
 
 def schema_fields(path):
