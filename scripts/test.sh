@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 
 bash scripts/prereqs.sh
 
+echo "== formatting (cargo fmt --check)"
+cargo fmt --check
+
 echo "== layer 1: in-backend unit tests (cargo pgrx test)"
 pgdata_parent=$(mktemp -d /tmp/lakesync-pgrx-XXXXXX)
 chown postgres:postgres "$pgdata_parent"

@@ -1,10 +1,14 @@
-//! The specs in `lakesync.synced_tables`. Every statement is schema-qualified and runs as the
-//! calling role, so row security limits each role to its own synced tables.
+//! The specs in `lakesync.synced_tables`. Every statement is schema-qualified.
+//!
+//! PUBLIC may only SELECT the catalog (row security shows each role its own rows); it is
+//! written only here, through the extension's functions: [`as_catalog_owner`] runs a write as
+//! the role that owns the catalog, and each write names the calling role as the spec's owner or
+//! matches only specs the caller owns (superusers: all), the same rows row security shows it.
 
 use crate::error::{LakeError, Result};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use pgrx::JsonB;
+use pgrx::{JsonB, PgTryBuilder};
 
 #[derive(Debug, Clone)]
 pub struct Spec {
@@ -17,36 +21,106 @@ pub struct Spec {
     pub synced_version: Option<i64>,
     /// The Delta table id the synced version belongs to.
     pub delta_table_id: Option<String>,
+    /// The target columns syncs write (None: every column but generated ones).
+    pub synced_columns: Option<Vec<String>>,
 }
 
 fn spi_err(e: pgrx::spi::Error) -> LakeError {
     LakeError::Internal(format!("catalog access failed: {e}"))
 }
 
-pub fn insert_spec(spec: &Spec) -> Result<()> {
+/// The role a sync runs for: the current user (after SET ROLE / SECURITY DEFINER, as COPY
+/// checks privileges).
+pub struct Caller {
+    pub name: String,
+    pub superuser: bool,
+}
+
+pub fn caller() -> Caller {
+    Caller {
+        name: current_role_name(),
+        superuser: unsafe { pg_sys::superuser() },
+    }
+}
+
+pub fn current_role_name() -> String {
+    unsafe {
+        let p = pg_sys::GetUserNameFromId(pg_sys::GetUserId(), false);
+        std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+    }
+}
+
+/// The rows of the catalog a caller may act on: its own, or all for a superuser (what row
+/// security shows it). `$2` is the caller's name, `$3` whether it is a superuser.
+const OWN_ROWS: &str = "(owner OPERATOR(pg_catalog.=) $2 OR $3)";
+
+/// Runs catalog writes as the owner of the catalog tables, in a security-restricted context;
+/// the caller's identity comes back however `f` ends.
+pub fn as_catalog_owner<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let owner = Spi::get_one::<pg_sys::Oid>(
+        "SELECT relowner FROM pg_catalog.pg_class \
+         WHERE oid OPERATOR(pg_catalog.=) 'lakesync.synced_tables'::pg_catalog.regclass",
+    )
+    .map_err(spi_err)?
+    .ok_or_else(|| LakeError::Internal("the catalog lakesync.synced_tables is missing".into()))?;
+    let (mut user, mut context) = (pg_sys::InvalidOid, 0);
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
+        pg_sys::SetUserIdAndSecContext(
+            owner,
+            context
+                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+        );
+    }
+    let f = std::panic::AssertUnwindSafe(f);
+    PgTryBuilder::new(move || {
+        let f = f;
+        (f.0)()
+    })
+    .finally(move || unsafe { pg_sys::SetUserIdAndSecContext(user, context) })
+    .execute()
+}
+
+pub fn insert_spec(spec: &Spec, owner: &Caller) -> Result<()> {
     let args: Vec<DatumWithOid> = vec![
         spec.target.clone().into(),
         spec.source.clone().into(),
         spec.mode.clone().into(),
         spec.primary_key.clone().into(),
         JsonB(spec.options.clone()).into(),
+        owner.name.clone().into(),
     ];
-    Spi::run_with_args(
-        "INSERT INTO lakesync.synced_tables (target, source, mode, primary_key, options) \
-         VALUES ($1, $2, $3, NULLIF($4, '{}'::text[]), $5)",
-        &args,
-    )
-    .map_err(spi_err)
+    as_catalog_owner(|| {
+        Spi::run_with_args(
+            "INSERT INTO lakesync.synced_tables (target, source, mode, primary_key, options, owner) \
+             VALUES ($1, $2, $3, NULLIF($4, '{}'::text[]), $5, $6)",
+            &args,
+        )
+        .map_err(spi_err)
+    })
 }
 
-/// Loads a spec and locks its row, so two syncs of one table run one after the other.
-pub fn lock_spec(target: &str) -> Result<Option<Spec>> {
+/// Loads a spec the caller may sync and locks its row, so two syncs of one table run one after
+/// the other.
+pub fn lock_spec(target: &str, caller: &Caller) -> Result<Option<Spec>> {
+    as_catalog_owner(|| lock_own_spec(target, caller))
+}
+
+fn lock_own_spec(target: &str, caller: &Caller) -> Result<Option<Spec>> {
     Spi::connect_mut(|client| {
         let rows = client.update(
-            "SELECT target, source, mode, coalesce(primary_key, '{}'), options, state, synced_version, \
-             delta_table_id FROM lakesync.synced_tables WHERE target = $1 FOR UPDATE",
+            &format!(
+                "SELECT target, source, mode, coalesce(primary_key, '{{}}'), options, state, \
+                 synced_version, delta_table_id, synced_columns FROM lakesync.synced_tables \
+                 WHERE target OPERATOR(pg_catalog.=) $1 AND {OWN_ROWS} FOR UPDATE"
+            ),
             Some(1),
-            &[target.into()],
+            &[
+                target.into(),
+                caller.name.clone().into(),
+                caller.superuser.into(),
+            ],
         )?;
         let mut spec = None;
         for row in rows {
@@ -55,10 +129,14 @@ pub fn lock_spec(target: &str) -> Result<Option<Spec>> {
                 source: row.get::<String>(2)?.unwrap_or_default(),
                 mode: row.get::<String>(3)?.unwrap_or_default(),
                 primary_key: row.get::<Vec<String>>(4)?.unwrap_or_default(),
-                options: row.get::<JsonB>(5)?.map(|j| j.0).unwrap_or(serde_json::Value::Null),
+                options: row
+                    .get::<JsonB>(5)?
+                    .map(|j| j.0)
+                    .unwrap_or(serde_json::Value::Null),
                 state: row.get::<String>(6)?.unwrap_or_default(),
                 synced_version: row.get::<i64>(7)?,
                 delta_table_id: row.get::<String>(8)?,
+                synced_columns: row.get::<Vec<String>>(9)?,
             });
         }
         Ok::<_, pgrx::spi::Error>(spec)
@@ -68,7 +146,8 @@ pub fn lock_spec(target: &str) -> Result<Option<Spec>> {
 
 pub fn exists(target: &str) -> Result<bool> {
     Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM lakesync.synced_tables WHERE target = $1)",
+        "SELECT EXISTS (SELECT 1 FROM lakesync.synced_tables \
+         WHERE target OPERATOR(pg_catalog.=) $1)",
         &[target.into()],
     )
     .map(|b| b.unwrap_or(false))
@@ -76,14 +155,23 @@ pub fn exists(target: &str) -> Result<bool> {
 }
 
 /// Forgets a spec; false when there was none the caller may see.
-pub fn delete_spec(target: &str) -> Result<bool> {
-    Spi::get_one_with_args::<bool>(
-        "WITH d AS (DELETE FROM lakesync.synced_tables WHERE target = $1 RETURNING 1) \
-         SELECT count(*) > 0 FROM d",
-        &[target.into()],
-    )
-    .map(|b| b.unwrap_or(false))
-    .map_err(spi_err)
+pub fn delete_spec(target: &str, caller: &Caller) -> Result<bool> {
+    as_catalog_owner(|| {
+        Spi::get_one_with_args::<bool>(
+            &format!(
+                "WITH d AS (DELETE FROM lakesync.synced_tables \
+                 WHERE target OPERATOR(pg_catalog.=) $1 AND {OWN_ROWS} RETURNING 1) \
+                 SELECT EXISTS (SELECT FROM d)"
+            ),
+            &[
+                target.into(),
+                caller.name.clone().into(),
+                caller.superuser.into(),
+            ],
+        )
+        .map(|b| b.unwrap_or(false))
+        .map_err(spi_err)
+    })
 }
 
 /// What a finished sync leaves in the spec row.
@@ -93,6 +181,8 @@ pub struct SyncedState {
     /// The table's row count after the sync: exact after a snapshot, a change otherwise.
     pub rows: RowCount,
     pub started: pgrx::datum::TimestampWithTimeZone,
+    /// The target columns the sync wrote.
+    pub columns: Vec<String>,
 }
 
 pub enum RowCount {
@@ -100,12 +190,18 @@ pub enum RowCount {
     ChangedBy(i64),
 }
 
+/// Records a successful sync in the spec the sync locked (`lock_spec`).
 pub fn mark_synced(target: &str, s: &SyncedState) -> Result<()> {
+    as_catalog_owner(|| mark_locked_synced(target, s))
+}
+
+fn mark_locked_synced(target: &str, s: &SyncedState) -> Result<()> {
     Spi::run_with_args(
         "UPDATE lakesync.synced_tables SET state = 'synced', synced_version = $2, \
-         rows = coalesce($3, rows + $6), \
-         last_sync_started = $4, last_sync_finished = clock_timestamp(), last_error = NULL, \
-         delta_table_id = $5 WHERE target = $1",
+         rows = coalesce($3, rows OPERATOR(pg_catalog.+) $6), \
+         last_sync_started = $4, last_sync_finished = pg_catalog.clock_timestamp(), \
+         last_error = NULL, delta_table_id = $5, synced_columns = $7 \
+         WHERE target OPERATOR(pg_catalog.=) $1",
         &[
             target.into(),
             s.version.into(),
@@ -121,6 +217,7 @@ pub fn mark_synced(target: &str, s: &SyncedState) -> Result<()> {
                 RowCount::ChangedBy(d) => d,
             }
             .into(),
+            s.columns.clone().into(),
         ],
     )
     .map_err(spi_err)
@@ -128,7 +225,7 @@ pub fn mark_synced(target: &str, s: &SyncedState) -> Result<()> {
 
 /// The schema a bare table name goes to: the first existing schema on the search_path.
 pub fn default_schema() -> Result<String> {
-    Spi::get_one::<String>("SELECT current_schema()::text")
+    Spi::get_one::<String>("SELECT pg_catalog.current_schema()::text")
         .map_err(spi_err)?
         .ok_or_else(|| {
             LakeError::InvalidName(
@@ -137,20 +234,43 @@ pub fn default_schema() -> Result<String> {
         })
 }
 
-/// The oid of an existing relation, if any.
-pub fn relation_oid(qualified: &str) -> Result<Option<pg_sys::Oid>> {
-    Spi::get_one_with_args::<pg_sys::Oid>("SELECT to_regclass($1)::oid", &[qualified.into()])
-        .map_err(spi_err)
+/// The schema in which the search_path finds table `table` (unqualified), if any.
+pub fn schema_on_search_path(table: &str) -> Result<Option<String>> {
+    Spi::get_one_with_args::<String>(
+        "SELECT n.nspname::text FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+         WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(pg_catalog.quote_ident($1))",
+        &[table.into()],
+    )
+    .map_err(spi_err)
 }
 
-/// The columns of an existing table, in order: (name, type as format_type prints it).
-pub fn table_columns(relid: pg_sys::Oid) -> Result<Vec<(String, String)>> {
+/// The oid of an existing relation, if any.
+pub fn relation_oid(qualified: &str) -> Result<Option<pg_sys::Oid>> {
+    Spi::get_one_with_args::<pg_sys::Oid>(
+        "SELECT pg_catalog.to_regclass($1)::oid",
+        &[qualified.into()],
+    )
+    .map_err(spi_err)
+}
+
+/// The columns of a target that its syncs write, in order: (name, type as format_type prints
+/// it). Columns the user added (not in `synced`; generated ones always) are left out: they
+/// belong to the user, and syncs leave them alone.
+pub fn synced_columns(
+    relid: pg_sys::Oid,
+    synced: Option<&[String]>,
+) -> Result<Vec<(String, String)>> {
     Spi::connect(|client| {
         let rows = client.select(
-            "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_catalog.pg_attribute \
-             WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            "SELECT attname::text, pg_catalog.format_type(atttypid, atttypmod) \
+             FROM pg_catalog.pg_attribute WHERE attrelid OPERATOR(pg_catalog.=) $1 \
+             AND attnum OPERATOR(pg_catalog.>) 0 AND NOT attisdropped \
+             AND attgenerated OPERATOR(pg_catalog.=) '' \
+             AND ($2::text[] IS NULL OR attname::text OPERATOR(pg_catalog.=) ANY ($2)) \
+             ORDER BY attnum",
             None,
-            &[relid.into()],
+            &[relid.into(), synced.map(|s| s.to_vec()).into()],
         )?;
         let mut out = Vec::new();
         for r in rows {

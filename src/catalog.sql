@@ -17,9 +17,12 @@ CREATE TABLE lakesync.synced_tables (
     rows               bigint,
     last_error         text,
     created_at         timestamptz NOT NULL DEFAULT now(),
-    delta_table_id     text
+    delta_table_id     text,
+    synced_columns     text[]
 );
 COMMENT ON TABLE lakesync.synced_tables IS 'One row per synced table: its spec and its sync state';
+COMMENT ON COLUMN lakesync.synced_tables.synced_columns IS
+    'The target columns the syncs write; any other column belongs to the user and is left alone';
 
 CREATE TABLE lakesync.sync_runs (
     run_id        bigserial PRIMARY KEY,
@@ -40,18 +43,19 @@ CREATE TABLE lakesync.sync_runs (
 CREATE INDEX sync_runs_target_idx ON lakesync.sync_runs (target, run_id);
 COMMENT ON TABLE lakesync.sync_runs IS 'History of every sync run, successful or failed';
 
--- Owner-based row security, as pg_cron does: every role sees and changes only its own specs
--- and runs; superusers see all.
+-- Owner-based row security, as pg_cron does: every role sees only its own specs and runs;
+-- superusers see all.
 ALTER TABLE lakesync.synced_tables ENABLE ROW LEVEL SECURITY;
 ALTER TABLE lakesync.sync_runs ENABLE ROW LEVEL SECURITY;
 CREATE POLICY synced_tables_owner ON lakesync.synced_tables
     USING (owner = current_user) WITH CHECK (owner = current_user);
 CREATE POLICY sync_runs_owner ON lakesync.sync_runs
     USING (owner = current_user) WITH CHECK (owner = current_user);
+-- PUBLIC reads (its own rows); only the extension's functions write, as the catalog's owner,
+-- after checking that the caller owns the spec (src/catalog.rs).
 GRANT USAGE ON SCHEMA lakesync TO PUBLIC;
-GRANT SELECT, INSERT, UPDATE, DELETE ON lakesync.synced_tables TO PUBLIC;
-GRANT SELECT, INSERT ON lakesync.sync_runs TO PUBLIC;
-GRANT USAGE ON SEQUENCE lakesync.sync_runs_run_id_seq TO PUBLIC;
+GRANT SELECT ON lakesync.synced_tables TO PUBLIC;
+GRANT SELECT ON lakesync.sync_runs TO PUBLIC;
 
 -- pg_dump keeps the specs and history (the synced data itself is dumped as an ordinary table).
 SELECT pg_catalog.pg_extension_config_dump('lakesync.synced_tables', '');

@@ -49,6 +49,8 @@ pub enum LakeError {
         key: String,
         detail: String,
     },
+    /// A string the database's encoding cannot hold (a non-UTF8 database).
+    Untranslatable { table: String, detail: String },
     /// The caller may not read server files or change this synced table.
     Permission {
         message: String,
@@ -111,6 +113,7 @@ impl LakeError {
             LakeError::NullByte { .. } => ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
             LakeError::OutOfRange { .. } => ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
             LakeError::Permission { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            LakeError::Untranslatable { .. } => ERRCODE_UNTRANSLATABLE_CHARACTER,
             LakeError::Gap { .. } | LakeError::SchemaChanged { .. } => {
                 ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
@@ -148,6 +151,12 @@ impl LakeError {
                 "Run full_refresh('{target}') to rebuild the table with the new schema; it \
                  holds an exclusive lock on the table while it runs."
             )),
+            LakeError::Untranslatable { .. } => Some(
+                "Delta strings are Unicode; this database's encoding cannot hold every character. \
+                 Sync into a database created with ENCODING 'UTF8', or leave the column out with \
+                 option \"columns\"."
+                    .into(),
+            ),
             LakeError::NullByte { .. } => Some(
                 "Postgres text cannot hold NUL bytes; set option \"null_bytes\" to \"strip\" \
                  to remove them."
@@ -213,6 +222,10 @@ impl fmt::Display for LakeError {
                 write!(f, "value of column \"{column}\" in the row with key {key} is out of range: {detail}")
             }
             LakeError::Permission { message, .. } => write!(f, "{message}"),
+            LakeError::Untranslatable { table, detail } => write!(
+                f,
+                "a string synced into \"{table}\" cannot be stored in the database's encoding: {detail}"
+            ),
             LakeError::Gap { reason } => write!(f, "{GAP_PREFIX}{reason}"),
             LakeError::SchemaChanged { target, detail } => {
                 write!(f, "{SCHEMA_PREFIX}\"{target}\" changed: {detail}")

@@ -17,6 +17,7 @@ mod offload;
 mod options;
 mod plan;
 mod record;
+mod session;
 mod source;
 mod subxact;
 mod sync;

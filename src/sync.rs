@@ -51,6 +51,8 @@ struct Run<'a> {
     /// How the target's columns must change to hold the source's schema.
     schema: Vec<Change>,
     evolved: std::cell::Cell<bool>,
+    /// The target columns the sync writes (the plan's).
+    columns: Vec<String>,
 }
 
 impl Run<'_> {
@@ -68,6 +70,17 @@ impl Run<'_> {
 pub fn create(req: NewSyncedTable) -> Result<SyncReport> {
     let clock = Instant::now();
     let started = now();
+    // Names resolve through the caller's search_path; everything after runs under a safe one.
+    let target = TargetName::for_new(req.target)?;
+    crate::session::with_safe_search_path(|| create_named(req, target, started, clock))
+}
+
+fn create_named(
+    req: NewSyncedTable,
+    target: TargetName,
+    started: TimestampWithTimeZone,
+    clock: Instant,
+) -> Result<SyncReport> {
     let mode = Mode::parse(req.mode)?;
     if mode == Mode::Continuous {
         return Err(LakeError::Unsupported {
@@ -77,7 +90,6 @@ pub fn create(req: NewSyncedTable) -> Result<SyncReport> {
     }
     let opts = SyncOptions::parse(&req.options)?;
     check_mode_options(mode, &req.primary_key, &req.options)?;
-    let target = TargetName::parse(req.target, &catalog::default_schema()?)?;
     let qualified = target.qualified();
     let location = SourceLocation::parse(req.source)?;
     location.check_access()?;
@@ -108,16 +120,20 @@ pub fn create(req: NewSyncedTable) -> Result<SyncReport> {
     }
     let plan = plan_columns(&source, &opts, &req.primary_key)?;
     let relid = apply::ddl::create_target(&target, &plan)?;
-    catalog::insert_spec(&Spec {
-        target: qualified.clone(),
-        source: location.display(),
-        mode: mode.as_str().into(),
-        primary_key: req.primary_key.clone(),
-        options: req.options.clone(),
-        state: "new".into(),
-        synced_version: None,
-        delta_table_id: None,
-    })?;
+    catalog::insert_spec(
+        &Spec {
+            target: qualified.clone(),
+            source: location.display(),
+            mode: mode.as_str().into(),
+            primary_key: req.primary_key.clone(),
+            options: req.options.clone(),
+            state: "new".into(),
+            synced_version: None,
+            delta_table_id: None,
+            synced_columns: None,
+        },
+        &catalog::caller(),
+    )?;
     let run = Run {
         target: &target,
         relid,
@@ -127,6 +143,7 @@ pub fn create(req: NewSyncedTable) -> Result<SyncReport> {
         clock,
         schema: Vec::new(),
         evolved: Default::default(),
+        columns: plan.columns.iter().map(|c| c.name.clone()).collect(),
     };
     load_snapshot(&run, source, &plan, None, false, None)
 }
@@ -178,17 +195,34 @@ pub fn full_refresh(target: &str) -> Result<SyncReport> {
 fn run_recorded(target: &str, keep: bool, full: bool) -> Result<SyncReport> {
     let clock = Instant::now();
     let started = now();
-    let name = TargetName::parse(target, &catalog::default_schema()?)?;
+    let name = TargetName::for_existing(target)?;
+    crate::session::with_safe_search_path(|| run_recorded_named(name, keep, full, started, clock))
+}
+
+fn run_recorded_named(
+    name: TargetName,
+    keep: bool,
+    full: bool,
+    started: TimestampWithTimeZone,
+    clock: Instant,
+) -> Result<SyncReport> {
     let qualified = name.qualified();
+    let caller = catalog::caller();
     if !catalog::exists(&qualified)? {
         return Err(LakeError::NotSynced(qualified));
     }
-    let outcome = crate::subxact::run(keep, || sync_existing(&name, full, started, clock));
+    let outcome = crate::subxact::run(keep, || sync_existing(&name, &caller, full, started, clock));
     match outcome {
         Ok(Ok(report)) => Ok(report),
         Ok(Err(e)) => {
             if keep {
-                record_failure(&qualified, started, &e.to_string(), e.needs_full_refresh());
+                record_failure(
+                    &qualified,
+                    &caller,
+                    started,
+                    &e.to_string(),
+                    e.needs_full_refresh(),
+                );
             }
             Err(e)
         }
@@ -196,6 +230,7 @@ fn run_recorded(target: &str, keep: bool, full: bool) -> Result<SyncReport> {
             if keep {
                 record_failure(
                     &qualified,
+                    &caller,
                     started,
                     &crate::subxact::message(&caught),
                     crate::subxact::needs_full_refresh(&caught),
@@ -208,13 +243,14 @@ fn run_recorded(target: &str, keep: bool, full: bool) -> Result<SyncReport> {
 
 fn sync_existing(
     name: &TargetName,
+    caller: &catalog::Caller,
     full: bool,
     started: TimestampWithTimeZone,
     clock: Instant,
 ) -> Result<SyncReport> {
     let qualified = name.qualified();
-    let spec =
-        catalog::lock_spec(&qualified)?.ok_or_else(|| LakeError::NotSynced(qualified.clone()))?;
+    let spec = catalog::lock_spec(&qualified, caller)?
+        .ok_or_else(|| LakeError::NotSynced(qualified.clone()))?;
     let opts = SyncOptions::parse(&spec.options)?;
     let mode = Mode::parse(&spec.mode)?;
     let location = SourceLocation::parse(&spec.source)?;
@@ -235,8 +271,12 @@ fn sync_existing(
         opts: &opts,
         started,
         clock,
-        schema: evolve::diff(&catalog::table_columns(relid)?, &plan),
+        schema: evolve::diff(
+            &catalog::synced_columns(relid, spec.synced_columns.as_deref())?,
+            &plan,
+        ),
         evolved: Default::default(),
+        columns: plan.columns.iter().map(|c| c.name.clone()).collect(),
     };
     if full {
         return load_snapshot(
@@ -271,7 +311,17 @@ fn sync_existing(
             _ => Err(e),
         };
     }
-    if spec.state == "synced" && spec.synced_version == Some(version) && run.schema.is_empty() {
+    // A new table at the same path (a new id) is never "the version already synced", even when
+    // it has reached the same version number.
+    let replaced = spec
+        .delta_table_id
+        .as_deref()
+        .is_some_and(|old| old != changes::table_id(&source));
+    if spec.state == "synced"
+        && spec.synced_version == Some(version)
+        && run.schema.is_empty()
+        && !replaced
+    {
         return Ok(SyncReport {
             target: qualified,
             source: location.display(),
@@ -290,7 +340,10 @@ fn sync_existing(
     let synced = match (mode, spec.synced_version) {
         (Mode::Triggered, Some(v)) => v,
         // Snapshot mode, or a first sync that never completed: read it all.
-        _ => return load_snapshot(&run, source, &plan, spec.synced_version, true, None),
+        _ => {
+            let why = replaced.then_some("the Delta table was replaced by a new one");
+            return load_snapshot(&run, source, &plan, spec.synced_version, true, why);
+        }
     };
     let planned = if spec.state == "needs_full_refresh" {
         Err(LakeError::Gap {
@@ -302,7 +355,7 @@ fn sync_existing(
         Err(gap)
     } else {
         match opts.change_detection {
-            ChangeDetection::Cdf => segments(&source, &plan, &run.schema, synced)
+            ChangeDetection::Cdf => segments(&source, &plan, synced)
                 .map(|segs| (cdf_steps(&source, segs, opts.null_bytes), "cdf")),
             ChangeDetection::Files => {
                 file_steps(&source, &plan, synced, opts.null_bytes).map(|s| (s, "files"))
@@ -356,24 +409,18 @@ struct Segment {
     plan: ColumnsPlan,
 }
 
-/// Splits `synced+1..=latest` where the Delta schema changed (the change feed is read with one
-/// schema at a time) and checks each piece can be replayed.
-fn segments(
-    source: &DeltaSource,
-    plan: &ColumnsPlan,
-    schema: &[Change],
-    synced: i64,
-) -> Result<Vec<Segment>> {
+/// Splits `synced+1..=latest` where the Delta schema changed — any change, also to columns the
+/// target does not sync (the change feed is read with one schema at a time) — and checks each
+/// piece can be replayed.
+fn segments(source: &DeltaSource, plan: &ColumnsPlan, synced: i64) -> Result<Vec<Segment>> {
     let (from, to) = (synced + 1, source.version());
     if to < from {
         return Ok(Vec::new());
     }
     let mut bounds = vec![from];
-    if !schema.is_empty() {
-        let src = source.clone();
-        let found = crate::offload::run(move || changes::metadata_versions(&src, from, to))?;
-        bounds.extend(found.into_iter().filter(|&v| v > from));
-    }
+    let src = source.clone();
+    let found = crate::offload::run(move || changes::metadata_versions(&src, from, to))?;
+    bounds.extend(found.into_iter().filter(|&v| v > from));
     let mut out = Vec::with_capacity(bounds.len());
     for (i, &start) in bounds.iter().enumerate() {
         let end = bounds.get(i + 1).map_or(to, |next| next - 1);
@@ -615,6 +662,7 @@ fn record_success(
     }
     record::insert_run(&RunRecord {
         target: qualified.clone(),
+        owner: catalog::current_role_name(),
         started: run.started,
         from_version,
         to_version: Some(version),
@@ -636,6 +684,7 @@ fn record_success(
                 _ => RowCount::ChangedBy(c.inserted - c.deleted),
             },
             started: run.started,
+            columns: run.columns.clone(),
         },
     )?;
     crate::debug::pause_point("commit");
@@ -663,6 +712,7 @@ fn open_source(location: &SourceLocation, version: Option<i64>) -> Result<DeltaS
 
 fn record_failure(
     target: &str,
+    caller: &catalog::Caller,
     started: TimestampWithTimeZone,
     message: &str,
     needs_full_refresh: bool,
@@ -675,6 +725,7 @@ fn record_failure(
     record::autonomous::record_failure(
         &RunRecord {
             target: target.to_string(),
+            owner: caller.name.clone(),
             started,
             from_version: None,
             to_version: None,
@@ -699,9 +750,13 @@ fn now() -> TimestampWithTimeZone {
 
 /// `drop_synced_table`: forget the spec; drop the table only when asked.
 pub fn drop(target: &str, drop_data: bool) -> Result<bool> {
-    let name = TargetName::parse(target, &catalog::default_schema()?)?;
+    let name = TargetName::for_existing(target)?;
+    crate::session::with_safe_search_path(|| drop_named(&name, drop_data))
+}
+
+fn drop_named(name: &TargetName, drop_data: bool) -> Result<bool> {
     let qualified = name.qualified();
-    if !catalog::delete_spec(&qualified)? {
+    if !catalog::delete_spec(&qualified, &catalog::caller())? {
         return Err(LakeError::NotSynced(qualified));
     }
     if drop_data && catalog::relation_oid(&qualified)?.is_some() {

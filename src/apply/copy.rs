@@ -7,7 +7,7 @@ use crate::source::scan::{Chunk, Next, ScanStream};
 use crate::types::encode::EncodeStats;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use pgrx::PgRelation;
+use pgrx::{PgRelation, PgSqlErrorCode, PgTryBuilder};
 use std::cell::RefCell;
 use std::ffi::CString;
 use std::time::Duration;
@@ -16,7 +16,8 @@ use std::time::Duration;
 const POLL: Duration = Duration::from_millis(50);
 
 /// The stream COPY reads from; the callback has no user-data argument, so it lives here for
-/// the duration of one `copy_from_stream` call (COPYs do not nest within one backend here).
+/// the duration of one `copy_from_stream` call. A stack: a trigger on the target may itself
+/// run a sync, whose COPY then feeds from the top while the outer one waits.
 struct Feed {
     stream: ScanStream,
     pending: Vec<u8>,
@@ -26,7 +27,7 @@ struct Feed {
 }
 
 thread_local! {
-    static FEED: RefCell<Option<Feed>> = const { RefCell::new(None) };
+    static FEED: RefCell<Vec<Feed>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Clears the feed however the COPY ends (success, ERROR, cancel), which drops the stream and
@@ -34,7 +35,7 @@ thread_local! {
 struct FeedGuard;
 impl Drop for FeedGuard {
     fn drop(&mut self) {
-        FEED.with(|f| f.borrow_mut().take());
+        FEED.with(|f| f.borrow_mut().pop());
         crate::source::release_scan_memory();
     }
 }
@@ -52,7 +53,7 @@ unsafe extern "C-unwind" fn copy_data_source(
         // Hand over what we hold.
         let step = FEED.with(|f| {
             let mut f = f.borrow_mut();
-            let feed = f.as_mut().expect("pg_lakesync COPY feed is not set");
+            let feed = f.last_mut().expect("pg_lakesync COPY feed is not set");
             let avail = feed.pending.len() - feed.pos;
             let n = avail.min(maxread - written);
             if n > 0 {
@@ -70,11 +71,7 @@ unsafe extern "C-unwind" fn copy_data_source(
             return written as i32;
         }
         // Need more: wait for the next chunk, staying responsive to cancel.
-        let next = FEED.with(|f| {
-            f.borrow()
-                .as_ref()
-                .map(|feed| feed.stream.next_timeout(POLL))
-        });
+        let next = FEED.with(|f| f.borrow().last().map(|feed| feed.stream.next_timeout(POLL)));
         match next {
             None | Some(Next::Waiting) => {
                 pgrx::check_for_interrupts!();
@@ -82,7 +79,7 @@ unsafe extern "C-unwind" fn copy_data_source(
             Some(Next::Chunk(Chunk::Data(bytes))) => {
                 let first = FEED.with(|f| {
                     let mut f = f.borrow_mut();
-                    let feed = f.as_mut().unwrap();
+                    let feed = f.last_mut().unwrap();
                     feed.pending = bytes;
                     feed.pos = 0;
                     feed.chunks += 1;
@@ -93,11 +90,48 @@ unsafe extern "C-unwind" fn copy_data_source(
                 }
             }
             Some(Next::Chunk(Chunk::Done(stats))) => {
-                FEED.with(|f| f.borrow_mut().as_mut().unwrap().stats = Some(stats));
+                FEED.with(|f| f.borrow_mut().last_mut().unwrap().stats = Some(stats));
                 return written as i32; // end of data
             }
             Some(Next::Chunk(Chunk::Failed(e))) => e.raise(),
         }
+    }
+}
+
+/// The checks `COPY … FROM` makes before it writes (DoCopy): INSERT privilege on the table or
+/// on every column written, and no row-level security for this role, which COPY FROM does not
+/// apply (so a policy's WITH CHECK could not hold). BeginCopyFrom itself checks neither.
+unsafe fn check_as_copy_from(
+    pstate: *mut pg_sys::ParseState,
+    rte: *mut pg_sys::RangeTblEntry,
+    rel: &PgRelation,
+    columns: &[String],
+) {
+    (*rte).requiredPerms = pg_sys::ACL_INSERT as pg_sys::AclMode;
+    for c in columns {
+        let name = CString::new(c.as_str()).unwrap();
+        let attnum = pg_sys::attnameAttNum(rel.as_ptr(), name.as_ptr(), false);
+        (*rte).insertedCols = pg_sys::bms_add_member(
+            (*rte).insertedCols,
+            attnum as i32 - pg_sys::FirstLowInvalidHeapAttributeNumber,
+        );
+    }
+    pg_sys::ExecCheckRTPerms((*pstate).p_rtable, true);
+    if pg_sys::check_enable_rls(rel.oid(), pg_sys::InvalidOid, false)
+        == pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+    {
+        LakeError::Unsupported {
+            message: format!(
+                "table \"{}\" has row-level security enabled for role \"{}\", which pg_lakesync's bulk load (COPY FROM) cannot apply",
+                rel.name(),
+                crate::catalog::current_role_name()
+            ),
+            hint: Some(
+                "Synced tables are written only by their syncs: leave row-level security off for the role that syncs (the table's owner is exempt unless FORCE ROW LEVEL SECURITY is set), or grant it BYPASSRLS."
+                    .into(),
+            ),
+        }
+        .raise();
     }
 }
 
@@ -109,7 +143,7 @@ pub fn copy_from_stream(
     stream: ScanStream,
 ) -> Result<(u64, EncodeStats)> {
     FEED.with(|f| {
-        *f.borrow_mut() = Some(Feed {
+        f.borrow_mut().push(Feed {
             stream,
             pending: Vec::new(),
             pos: 0,
@@ -118,11 +152,40 @@ pub fn copy_from_stream(
         });
     });
     let _guard = FeedGuard;
-    let processed = unsafe {
+    let processed = crate::session::with_utf8_client_encoding(|| {
+        PgTryBuilder::new(|| Ok(unsafe { begin_and_copy(relid, columns) }))
+            .catch_when(PgSqlErrorCode::ERRCODE_UNTRANSLATABLE_CHARACTER, |e| {
+                Err(LakeError::Untranslatable {
+                    table: relation_name(relid),
+                    detail: crate::subxact::message(&e),
+                })
+            })
+            .execute()
+    })?;
+    let stats = FEED
+        .with(|f| f.borrow_mut().last_mut().and_then(|feed| feed.stats.take()))
+        .ok_or_else(|| LakeError::Internal("COPY finished before the scan did".into()))?;
+    Ok((processed, stats))
+}
+
+fn relation_name(relid: pg_sys::Oid) -> String {
+    unsafe {
+        let rel = PgRelation::open(relid);
+        format!(
+            "{}.{}",
+            crate::plan::target::quote_ident(rel.namespace()),
+            crate::plan::target::quote_ident(rel.name())
+        )
+    }
+}
+
+/// One `COPY … FROM` of the current feed, with COPY's own checks.
+unsafe fn begin_and_copy(relid: pg_sys::Oid, columns: &[String]) -> u64 {
+    {
         let rel = PgRelation::with_lock(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
         let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
         // COPY's executor state takes its range table from the parse state.
-        pg_sys::addRangeTableEntryForRelation(
+        let item = pg_sys::addRangeTableEntryForRelation(
             pstate,
             rel.as_ptr(),
             pg_sys::RowExclusiveLock as i32,
@@ -130,9 +193,11 @@ pub fn copy_from_stream(
             false,
             false,
         );
+        check_as_copy_from(pstate, (*item).p_rte, &rel, columns);
+        // The option list lives in Postgres memory, freed with the query's context.
         let format = pg_sys::makeDefElem(
-            CString::new("format").unwrap().into_raw(),
-            pg_sys::makeString(CString::new("binary").unwrap().into_raw()) as *mut pg_sys::Node,
+            pg_sys::pstrdup(c"format".as_ptr()),
+            pg_sys::makeString(pg_sys::pstrdup(c"binary".as_ptr())) as *mut pg_sys::Node,
             -1,
         );
         let options = pg_sys::lappend(std::ptr::null_mut(), format as *mut std::ffi::c_void);
@@ -157,9 +222,5 @@ pub fn copy_from_stream(
         pg_sys::EndCopyFrom(cstate);
         pg_sys::free_parsestate(pstate);
         n
-    };
-    let stats = FEED
-        .with(|f| f.borrow_mut().as_mut().and_then(|feed| feed.stats.take()))
-        .ok_or_else(|| LakeError::Internal("COPY finished before the scan did".into()))?;
-    Ok((processed, stats))
+    }
 }

@@ -1,7 +1,8 @@
-//! Target names: parsed like Postgres parses a qualified name, but with errors that name the
-//! input, and without silent truncation of long names.
+//! Target names: parsed by Postgres' own parser, resolved through the caller's search_path as
+//! Postgres resolves them, with errors that name the input and no silent truncation.
 
 use crate::error::{LakeError, Result};
+use pgrx::prelude::*;
 
 /// Postgres' NAMEDATALEN - 1.
 pub const MAX_IDENT_BYTES: usize = 63;
@@ -13,22 +14,31 @@ pub struct TargetName {
 }
 
 impl TargetName {
-    /// `schema.table` or `table` (then `default_schema`); quoted parts keep case and spaces.
-    pub fn parse(input: &str, default_schema: &str) -> Result<Self> {
-        let parts = split_qualified(input)?;
-        match parts.as_slice() {
-            [table] => Ok(TargetName {
-                schema: default_schema.to_string(),
-                table: table.clone(),
-            }),
-            [schema, table] => Ok(TargetName {
-                schema: schema.clone(),
-                table: table.clone(),
-            }),
-            _ => Err(LakeError::InvalidName(format!(
-                "target \"{input}\" must be a table name, optionally qualified by a schema name"
-            ))),
-        }
+    /// The name of a table to create: `schema.table`, or a bare `table` in the schema CREATE
+    /// TABLE would use (the first existing schema of the search_path).
+    pub fn for_new(input: &str) -> Result<Self> {
+        let (schema, table) = parse(input)?;
+        Ok(TargetName {
+            schema: match schema {
+                Some(s) => s,
+                None => crate::catalog::default_schema()?,
+            },
+            table,
+        })
+    }
+
+    /// The name of an existing table: a bare `table` is looked up through the search_path, as
+    /// a query would find it; one that is nowhere (dropped) is taken in the creation schema.
+    pub fn for_existing(input: &str) -> Result<Self> {
+        let (schema, table) = parse(input)?;
+        let schema = match schema {
+            Some(s) => s,
+            None => match crate::catalog::schema_on_search_path(&table)? {
+                Some(s) => s,
+                None => crate::catalog::default_schema()?,
+            },
+        };
+        Ok(TargetName { schema, table })
     }
 
     /// The canonical spelling stored in the catalog and usable in SQL: `public.trips`,
@@ -38,71 +48,46 @@ impl TargetName {
     }
 }
 
-fn split_qualified(input: &str) -> Result<Vec<String>> {
+/// Splits `schema.table` or `table` as Postgres does (its `parse_ident`: unquoted names fold
+/// ASCII letters to lower case and nothing else, quoted ones keep everything), but refuses what
+/// Postgres would silently truncate. Returns (schema, table).
+pub fn parse(input: &str) -> Result<(Option<String>, String)> {
     let invalid =
         |why: &str| LakeError::InvalidName(format!("invalid table name \"{input}\": {why}"));
-    let chars: Vec<char> = input.trim().chars().collect();
-    let mut parts = Vec::new();
-    let mut i = 0;
-    loop {
-        let mut part = String::new();
-        if i < chars.len() && chars[i] == '"' {
-            i += 1;
-            loop {
-                if i >= chars.len() {
-                    return Err(invalid("unterminated quoted identifier"));
-                }
-                if chars[i] == '"' {
-                    if i + 1 < chars.len() && chars[i + 1] == '"' {
-                        part.push('"');
-                        i += 2;
-                        continue;
-                    }
-                    i += 1;
-                    break;
-                }
-                part.push(chars[i]);
-                i += 1;
-            }
-            if part.is_empty() {
-                return Err(invalid("zero-length quoted identifier"));
-            }
-        } else {
-            while i < chars.len() && chars[i] != '.' {
-                let c = chars[i];
-                let ok = c == '_'
-                    || c.is_alphabetic()
-                    || (!part.is_empty() && (c.is_ascii_digit() || c == '$'));
-                if !ok {
-                    return Err(invalid(&format!(
-                        "unexpected character '{c}' (quote names with double quotes)"
-                    )));
-                }
-                part.extend(c.to_lowercase());
-                i += 1;
-            }
-            if part.is_empty() {
-                return Err(invalid("empty name part"));
-            }
+    let input_owned = input.to_string();
+    let parts = crate::subxact::run(false, move || {
+        Spi::get_one_with_args::<Vec<String>>(
+            "SELECT pg_catalog.parse_ident($1, true)",
+            &[input_owned.as_str().into()],
+        )
+        .map_err(|e| LakeError::Internal(e.to_string()))
+    });
+    let parts = match parts {
+        Ok(Ok(Some(p))) => p,
+        Ok(Ok(None)) => return Err(invalid("empty name")),
+        Ok(Err(e)) => return Err(e),
+        // parse_ident's own ERROR: "string is not a valid identifier: ..." and the like.
+        Err(caught) => return Err(invalid(&crate::subxact::message(&caught))),
+    };
+    for part in &parts {
+        if part.is_empty() {
+            return Err(invalid("empty name part"));
         }
         if part.len() > MAX_IDENT_BYTES {
             return Err(invalid(&format!(
                 "\"{part}\" is longer than {MAX_IDENT_BYTES} bytes"
             )));
         }
-        parts.push(part);
-        if i >= chars.len() {
-            break;
-        }
-        if chars[i] != '.' {
-            return Err(invalid("expected '.' after a quoted identifier"));
-        }
-        i += 1;
-        if i >= chars.len() {
-            return Err(invalid("name ends with '.'"));
-        }
     }
-    Ok(parts)
+    match <[String; 1]>::try_from(parts) {
+        Ok([table]) => Ok((None, table)),
+        Err(parts) => match <[String; 2]>::try_from(parts) {
+            Ok([schema, table]) => Ok((Some(schema), table)),
+            Err(_) => Err(LakeError::InvalidName(format!(
+                "target \"{input}\" must be a table name, optionally qualified by a schema name"
+            ))),
+        },
+    }
 }
 
 /// Quotes an identifier exactly when Postgres needs it (its own quote_identifier).

@@ -2,8 +2,13 @@
 //!
 //! A failed sync raises an ERROR, which rolls back everything its transaction wrote — including
 //! a row saying that it failed. So the failure is written by a short-lived background worker in
-//! a transaction of its own, as the same role in the same database; the ERROR then proceeds.
-//! The record travels to the worker through a dynamic shared memory segment.
+//! a transaction of its own, in the same database; the ERROR then proceeds. The record travels
+//! to the worker through a dynamic shared memory segment, and the worker marks the segment when
+//! the record is committed, so a lost record is never silent.
+//!
+//! The worker connects as the bootstrap superuser, not as the failed role: on PG 15 a worker's
+//! connection runs the can-login check, which a NOLOGIN role (SET ROLE, a group role) fails. It
+//! writes only what the failed backend handed it, with that role as the run's owner.
 
 use super::{insert_run, mark_failed, RunRecord};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
@@ -13,6 +18,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Serialize, Deserialize)]
 struct FailureMessage {
     target: String,
+    owner: String,
     /// Microseconds since 2000-01-01, Postgres' timestamptz.
     started_pg_micros: i64,
     from_version: Option<i64>,
@@ -22,10 +28,11 @@ struct FailureMessage {
 }
 
 /// Writes the failed run and the spec's failed state in a transaction of their own. Returns
-/// false (after a WARNING) when no worker could be started; the ERROR still reaches the caller.
+/// false (after a WARNING) when they could not be written; the ERROR still reaches the caller.
 pub fn record_failure(run: &RunRecord, state: &str) -> bool {
     let msg = FailureMessage {
         target: run.target.clone(),
+        owner: run.owner.clone(),
         started_pg_micros: timestamp_to_pg_micros(run.started),
         from_version: run.from_version,
         change_source: run.change_source.clone(),
@@ -34,16 +41,14 @@ pub fn record_failure(run: &RunRecord, state: &str) -> bool {
     };
     let payload = serde_json::to_vec(&msg).expect("serializable");
     unsafe {
-        let seg = pg_sys::dsm_create(payload.len() + 4, 0);
+        // Layout: payload length (4 bytes), committed flag (1 byte), payload.
+        let seg = pg_sys::dsm_create(payload.len() + HEADER, 0);
         let addr = pg_sys::dsm_segment_address(seg) as *mut u8;
         std::ptr::copy_nonoverlapping((payload.len() as u32).to_ne_bytes().as_ptr(), addr, 4);
-        std::ptr::copy_nonoverlapping(payload.as_ptr(), addr.add(4), payload.len());
+        addr.add(4).write_volatile(0);
+        std::ptr::copy_nonoverlapping(payload.as_ptr(), addr.add(HEADER), payload.len());
         let handle = pg_sys::dsm_segment_handle(seg);
-        let extra = format!(
-            "{} {}",
-            u32::from(pg_sys::MyDatabaseId),
-            u32::from(pg_sys::GetUserId())
-        );
+        let extra = format!("{}", u32::from(pg_sys::MyDatabaseId));
         let worker = BackgroundWorkerBuilder::new("pg_lakesync failure recorder")
             .set_type("pg_lakesync")
             .set_library("pg_lakesync")
@@ -55,18 +60,24 @@ pub fn record_failure(run: &RunRecord, state: &str) -> bool {
             .set_extra(&extra)
             .set_notify_pid(pg_sys::MyProcPid)
             .load_dynamic();
-        let ok = match worker {
-            Ok(w) => w.wait_for_shutdown().is_ok(),
-            Err(_) => false,
+        let why = match worker {
+            Err(_) => Some("no background worker slot is free (max_worker_processes)"),
+            Ok(w) => match w.wait_for_shutdown() {
+                Err(_) => Some("the recording worker did not run"),
+                Ok(_) if addr.add(4).read_volatile() != 1 => {
+                    Some("the recording worker failed; see the server log")
+                }
+                Ok(_) => None,
+            },
         };
         pg_sys::dsm_detach(seg);
-        if !ok {
+        if let Some(why) = why {
             pgrx::warning!(
-                "pg_lakesync could not record the failed sync of \"{}\" in lakesync.sync_runs (no background worker slot free)",
+                "pg_lakesync could not record the failed sync of \"{}\" in lakesync.sync_runs: {why}",
                 run.target
             );
         }
-        ok
+        why.is_none()
     }
 }
 
@@ -80,31 +91,30 @@ fn timestamp_to_pg_micros(t: pgrx::datum::TimestampWithTimeZone) -> i64 {
 #[no_mangle]
 pub extern "C-unwind" fn lakesync_failure_recorder_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGTERM);
-    let mut ids = BackgroundWorker::get_extra()
-        .split_whitespace()
-        .map(|s| s.parse::<u32>().unwrap_or(0));
-    let (db, user) = (ids.next().unwrap_or(0), ids.next().unwrap_or(0));
+    let db = BackgroundWorker::get_extra()
+        .trim()
+        .parse::<u32>()
+        .unwrap_or(0);
     BackgroundWorker::connect_worker_to_spi_by_oid(
         Some(pg_sys::Oid::from(db)),
-        Some(pg_sys::Oid::from(user)),
+        Some(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID)),
     );
-    let msg: FailureMessage = unsafe {
-        let seg = pg_sys::dsm_attach(arg.value() as pg_sys::dsm_handle);
-        if seg.is_null() {
-            return; // the failed backend gave up waiting
-        }
-        let addr = pg_sys::dsm_segment_address(seg) as *const u8;
+    let seg = unsafe { pg_sys::dsm_attach(arg.value() as pg_sys::dsm_handle) };
+    if seg.is_null() {
+        return; // the failed backend gave up waiting
+    }
+    let addr = unsafe { pg_sys::dsm_segment_address(seg) as *mut u8 };
+    let msg: Option<FailureMessage> = unsafe {
         let mut len = [0u8; 4];
         std::ptr::copy_nonoverlapping(addr, len.as_mut_ptr(), 4);
-        let bytes =
-            std::slice::from_raw_parts(addr.add(4), u32::from_ne_bytes(len) as usize).to_vec();
-        pg_sys::dsm_detach(seg);
-        match serde_json::from_slice(&bytes) {
-            Ok(m) => m,
-            Err(_) => return,
-        }
+        let bytes = std::slice::from_raw_parts(addr.add(HEADER), u32::from_ne_bytes(len) as usize);
+        serde_json::from_slice(bytes).ok()
     };
-    BackgroundWorker::transaction(move || {
+    let Some(msg) = msg else {
+        pgrx::log!("pg_lakesync failure recorder: unreadable failure message");
+        return;
+    };
+    let written = BackgroundWorker::transaction(move || {
         let started = unsafe {
             pgrx::datum::TimestampWithTimeZone::from_datum(
                 pg_sys::Datum::from(msg.started_pg_micros),
@@ -114,6 +124,7 @@ pub extern "C-unwind" fn lakesync_failure_recorder_main(arg: pg_sys::Datum) {
         };
         let run = RunRecord {
             target: msg.target.clone(),
+            owner: msg.owner.clone(),
             started,
             from_version: msg.from_version,
             to_version: None,
@@ -125,7 +136,14 @@ pub extern "C-unwind" fn lakesync_failure_recorder_main(arg: pg_sys::Datum) {
             succeeded: false,
             message: Some(msg.message.clone()),
         };
-        let _ = insert_run(&run);
-        let _ = mark_failed(&msg.target, started, &msg.message, &msg.state);
+        insert_run(&run).and_then(|_| mark_failed(&msg.target, started, &msg.message, &msg.state))
     });
+    match written {
+        // The transaction has committed: tell the waiting backend.
+        Ok(()) => unsafe { addr.add(4).write_volatile(1) },
+        Err(e) => pgrx::log!("pg_lakesync failure recorder: {e}"),
+    }
+    unsafe { pg_sys::dsm_detach(seg) };
 }
+
+const HEADER: usize = 5;

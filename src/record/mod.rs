@@ -9,6 +9,8 @@ use pgrx::prelude::*;
 #[derive(Debug, Clone)]
 pub struct RunRecord {
     pub target: String,
+    /// The role the run belongs to (row security shows it its runs).
+    pub owner: String,
     pub started: TimestampWithTimeZone,
     pub from_version: Option<i64>,
     pub to_version: Option<i64>,
@@ -35,33 +37,42 @@ pub fn insert_run(r: &RunRecord) -> Result<i64> {
         r.change_source.clone().into(),
         (if r.succeeded { "succeeded" } else { "failed" }).into(),
         r.message.clone().into(),
+        r.owner.clone().into(),
     ];
-    Spi::get_one_with_args::<i64>(
-        "INSERT INTO lakesync.sync_runs (target, started_at, from_version, to_version, \
-         rows_inserted, rows_updated, rows_deleted, rows_skipped, change_source, status, message) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING run_id",
-        &args,
-    )
-    .map_err(|e| LakeError::Internal(format!("cannot record the sync run: {e}")))?
-    .ok_or_else(|| LakeError::Internal("cannot record the sync run".into()))
+    crate::catalog::as_catalog_owner(|| {
+        Spi::get_one_with_args::<i64>(
+            "INSERT INTO lakesync.sync_runs (target, started_at, from_version, to_version, \
+             rows_inserted, rows_updated, rows_deleted, rows_skipped, change_source, status, \
+             message, owner) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING run_id",
+            &args,
+        )
+        .map_err(|e| LakeError::Internal(format!("cannot record the sync run: {e}")))?
+        .ok_or_else(|| LakeError::Internal("cannot record the sync run".into()))
+    })
 }
 
 /// Marks a spec failed with the error's message, in the current transaction. Never waits for a
 /// row lock: the failed caller may itself hold it (it synced this table earlier in its
 /// transaction) while it waits for the recorder, and a sync holding it will set the state anyway.
-/// `state` is 'failed', or 'needs_full_refresh' when only a full refresh can continue.
+/// `state` is 'failed', or 'needs_full_refresh' when only a full refresh can continue; a table
+/// that needs a full refresh keeps needing one whatever else fails (a failed full refresh, say).
 pub fn mark_failed(
     target: &str,
     started: TimestampWithTimeZone,
     message: &str,
     state: &str,
 ) -> Result<()> {
-    Spi::run_with_args(
-        "UPDATE lakesync.synced_tables SET state = $4, last_error = $2, \
-         last_sync_started = $3, last_sync_finished = clock_timestamp() \
-         WHERE target IN (SELECT target FROM lakesync.synced_tables WHERE target = $1 \
-                          FOR UPDATE SKIP LOCKED)",
-        &[target.into(), message.into(), started.into(), state.into()],
-    )
-    .map_err(|e| LakeError::Internal(format!("cannot record the sync failure: {e}")))
+    crate::catalog::as_catalog_owner(|| {
+        Spi::run_with_args(
+            "UPDATE lakesync.synced_tables SET last_error = $2, last_sync_started = $3, \
+             last_sync_finished = pg_catalog.clock_timestamp(), \
+             state = CASE WHEN state OPERATOR(pg_catalog.=) 'needs_full_refresh' THEN state \
+                          ELSE $4 END \
+             WHERE target IN (SELECT target FROM lakesync.synced_tables \
+                              WHERE target OPERATOR(pg_catalog.=) $1 FOR UPDATE SKIP LOCKED)",
+            &[target.into(), message.into(), started.into(), state.into()],
+        )
+        .map_err(|e| LakeError::Internal(format!("cannot record the sync failure: {e}")))
+    })
 }

@@ -172,27 +172,52 @@ pub fn commit_actions(
         .read_files(files)
         .map_err(gone)?;
     let mut out = Vec::new();
-    for bytes in contents {
+    for (v, bytes) in (from..).zip(contents) {
         let bytes = bytes.map_err(gone)?;
-        out.push(
-            bytes
-                .split(|b| *b == b'\n')
-                .filter_map(|line| serde_json::from_slice::<serde_json::Value>(line).ok())
-                .collect(),
-        );
+        let mut actions = Vec::new();
+        // A line we cannot read is a commit we would misread: fail rather than skip it.
+        for line in bytes.split(|b| *b == b'\n') {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            actions.push(
+                serde_json::from_slice::<serde_json::Value>(line).map_err(|e| {
+                    LakeError::Corrupt {
+                        source: source.location.display(),
+                        detail: format!("commit {v} of the log holds a line that is not JSON: {e}"),
+                    }
+                })?,
+            );
+        }
+        out.push(actions);
     }
     Ok(out)
 }
 
-/// The versions in `from..=to` whose commit carries a metaData action (a schema or property
-/// change): the change feed is read in segments between them, each with one schema.
+/// The versions in `from..=to` whose commit may change the schema (the first metaData action of
+/// the range, then every one whose schema differs): the change feed is read in segments between
+/// them, each with one schema.
 pub fn metadata_versions(source: &DeltaSource, from: i64, to: i64) -> Result<Vec<i64>> {
     let commits = commit_actions(source, from, to)?;
-    Ok((from..=to)
-        .zip(commits)
-        .filter(|(_, actions)| actions.iter().any(|a| a.get("metaData").is_some()))
-        .map(|(v, _)| v)
-        .collect())
+    let mut schema: Option<String> = None;
+    let mut out = Vec::new();
+    for (v, actions) in (from..=to).zip(commits) {
+        let Some(meta) = actions.iter().find_map(|a| a.get("metaData")) else {
+            continue;
+        };
+        // The kernel reads a range only when its schemas are exactly equal (nullability and
+        // field metadata such as comments included): split wherever the schema string changes,
+        // whatever the synced columns are. A metaData that keeps the schema is no boundary.
+        let now = meta
+            .get("schemaString")
+            .and_then(|s| s.as_str())
+            .map(str::to_owned);
+        if schema.is_none() || now != schema {
+            out.push(v);
+        }
+        schema = now;
+    }
+    Ok(out)
 }
 
 /// The table's column names at `version`.

@@ -1,0 +1,15 @@
+-- pg_lakesync 0.2.0 -> 0.3.0: the catalog is written only through the extension's functions;
+-- columns a user adds to a synced table are theirs.
+\echo Use "ALTER EXTENSION pg_lakesync UPDATE TO '0.3.0'" to load this file. \quit
+
+-- PUBLIC could write specs and runs directly (point someone's table at another source, forge a
+-- run); it keeps SELECT, which row security limits to its own rows.
+REVOKE INSERT, UPDATE, DELETE ON lakesync.synced_tables FROM PUBLIC;
+REVOKE INSERT ON lakesync.sync_runs FROM PUBLIC;
+REVOKE USAGE ON SEQUENCE lakesync.sync_runs_run_id_seq FROM PUBLIC;
+
+-- The target columns the syncs write. NULL (specs synced by 0.2.0) means every column of the
+-- target but generated ones; the next successful sync records the list.
+ALTER TABLE lakesync.synced_tables ADD COLUMN synced_columns text[];
+COMMENT ON COLUMN lakesync.synced_tables.synced_columns IS
+    'The target columns the syncs write; any other column belongs to the user and is left alone';

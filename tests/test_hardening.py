@@ -1,0 +1,351 @@
+"""Regressions of the review before the background worker (issue 10): each test failed on 0.2.0.
+
+Encodings, privileges as COPY checks them, catalog writes only through the functions,
+search_path hijacking, replaced tables, identifier folding, failure records."""
+import glob
+import json
+import os
+import shutil
+
+import psycopg
+import pyarrow as pa
+import pytest
+from deltalake import write_deltalake
+
+from pgcluster import world_readable_tmpdir
+
+CDF = {"delta.enableChangeDataFeed": "true"}
+TEXT = "\u00e9\u65e5"  # 'é日': one Latin-1 character and one that only Unicode encodings hold
+
+
+def table_path(name="src"):
+    return os.path.join(world_readable_tmpdir(), name)
+
+
+def write(path, rows, mode="append", cdf=False, schema=None):
+    write_deltalake(path, pa.Table.from_pylist(rows, schema=schema), mode=mode,
+                    configuration=CDF if cdf else None)
+    os.system(f"chmod -R a+rX {path}")
+
+
+def error_of(conn, sql, params=()):
+    with pytest.raises(psycopg.Error) as e:
+        conn.execute(sql, params)
+    d = e.value.diag
+    return d.sqlstate, d.message_primary, d.message_hint
+
+
+def as_role(cluster, db, role):
+    return psycopg.connect(cluster.dsn(dbname=db.dbname_, user=role), autocommit=True)
+
+
+@pytest.fixture()
+def app(db):
+    """A login role that may read server files and create tables in public."""
+    db.execute("CREATE ROLE app LOGIN")
+    db.execute("GRANT pg_read_server_files TO app")
+    db.execute("GRANT CREATE ON SCHEMA public TO app")
+    yield "app"
+    db.execute("DROP OWNED BY app CASCADE")
+    db.execute("DROP ROLE app")
+
+
+# -- 1. text does not depend on the caller's client_encoding --------------------------------
+
+@pytest.mark.parametrize("encoding", ["LATIN1", "WIN1252", "EUC_JP", "SQL_ASCII"])
+def test_text_and_jsonb_independent_of_client_encoding(db, cluster, encoding):
+    path = table_path()
+    write(path, [{"id": 1, "t": TEXT, "s": {"a": TEXT}}], cdf=True)
+    with psycopg.connect(cluster.dsn(dbname=db.dbname_), autocommit=True) as c:
+        c.execute(f"SET client_encoding = '{encoding}'")
+        c.execute("SELECT create_synced_table('t', %s, ARRAY['id'], 'triggered')", (path,))
+        write(path, [{"id": 2, "t": TEXT + "2", "s": {"a": TEXT + "2"}}])
+        c.execute("SELECT sync_now('t')")
+        # The session keeps its own encoding.
+        shown = c.execute("SHOW client_encoding").fetchone()[0]
+        assert (shown.decode() if isinstance(shown, bytes) else shown) == encoding
+    assert db.execute("SELECT id, t, s FROM t ORDER BY id").fetchall() == [
+        (1, TEXT, {"a": TEXT}), (2, TEXT + "2", {"a": TEXT + "2"})]
+
+
+@pytest.fixture()
+def latin1_db(cluster):
+    name = f"latin1_{os.getpid()}"
+    with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' "
+                      "TEMPLATE template0")
+    conn = psycopg.connect(cluster.dsn(dbname=name), autocommit=True)
+    conn.execute("CREATE EXTENSION pg_lakesync")
+    yield conn
+    conn.close()
+    with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_non_utf8_database_converts_or_fails_clearly(latin1_db):
+    path = table_path()
+    write(path, [{"id": 1, "t": "caf\u00e9"}])
+    latin1_db.execute("SET client_encoding = 'UTF8'")
+    latin1_db.execute("SELECT create_synced_table('t', %s, ARRAY['id'])", (path,))
+    assert latin1_db.execute("SELECT t, octet_length(t) FROM t").fetchall() == [
+        ("caf\u00e9", 4)]  # stored as one Latin-1 byte, not as mojibake
+    write(path, [{"id": 2, "t": TEXT}])
+    with pytest.raises(psycopg.Error) as e:
+        latin1_db.execute("SELECT sync_now('t')")
+    d = e.value.diag
+    assert d.sqlstate == "22P05", d.message_primary
+    assert '"public.t"' in d.message_primary and '"LATIN1"' in d.message_primary, d.message_primary
+    assert "UTF8" in d.message_hint
+    assert latin1_db.execute("SELECT count(*) FROM t").fetchone() == (1,)
+
+
+# -- 2. writes are checked as COPY FROM checks them; the catalog is written by functions only
+
+def test_sync_needs_insert_privilege_on_the_target(db, cluster, app):
+    path = table_path()
+    write(path, [{"id": 1}])
+    with as_role(cluster, db, app) as c:
+        c.execute("SELECT create_synced_table('t', %s, ARRAY['id'])", (path,))
+        c.execute("REVOKE INSERT ON t FROM app")
+        write(path, [{"id": 2}])
+        state, msg, _ = error_of(c, "SELECT sync_now('t')")
+        assert state == "42501" and "t" in msg, msg
+    assert db.execute("SELECT id FROM t").fetchall() == [(1,)]
+
+
+def test_sync_refuses_row_level_security_like_copy(db, cluster, app):
+    path = table_path()
+    write(path, [{"id": 1}])
+    with as_role(cluster, db, app) as c:
+        c.execute("SELECT create_synced_table('t', %s, ARRAY['id'])", (path,))
+        c.execute("ALTER TABLE t ENABLE ROW LEVEL SECURITY")
+        c.execute("ALTER TABLE t FORCE ROW LEVEL SECURITY")
+        c.execute("CREATE POLICY small ON t USING (true) WITH CHECK (id < 5)")
+        write(path, [{"id": 7}])
+        state, msg, hint = error_of(c, "SELECT sync_now('t')")
+        assert state == "0A000" and "row-level security" in msg, msg
+        assert hint
+    assert db.execute("SELECT id FROM t").fetchall() == [(1,)]
+
+
+def test_catalog_is_written_only_through_the_functions(db, cluster, app):
+    path = table_path()
+    write(path, [{"id": 1}])
+    db.execute("CREATE TABLE public.victim (id bigint)")
+    with as_role(cluster, db, app) as c:
+        c.execute("SELECT create_synced_table('t', %s, ARRAY['id'])", (path,))
+        for sql in [
+            "INSERT INTO lakesync.synced_tables (target, source, mode) "
+            "VALUES ('public.victim', '/etc', 'snapshot')",
+            "UPDATE lakesync.synced_tables SET source = '/etc'",
+            "DELETE FROM lakesync.synced_tables",
+            "INSERT INTO lakesync.sync_runs (target, started_at, status) "
+            "VALUES ('public.t', now(), 'succeeded')",
+            "SELECT nextval('lakesync.sync_runs_run_id_seq')",
+        ]:
+            assert error_of(c, sql)[0] == "42501", sql
+        # The functions still work for the role, and it sees its own rows.
+        write(path, [{"id": 2}])
+        assert c.execute("SELECT rows_loaded FROM sync_now('t')").fetchone() == (2,)
+        assert c.execute("SELECT owner, state FROM lakesync.synced_tables").fetchall() == [
+            ("app", "synced")]
+        assert c.execute("SELECT owner, status FROM lakesync.sync_runs ORDER BY run_id"
+                         ).fetchall() == [("app", "succeeded")] * 2
+        assert c.execute("SELECT drop_synced_table('t')").fetchone() == (True,)
+    assert db.execute("SELECT source FROM lakesync.synced_tables").fetchall() == []
+
+
+def test_other_roles_cannot_sync_or_drop_a_spec(db, cluster, app):
+    path = table_path()
+    write(path, [{"id": 1}])
+    db.execute("SELECT create_synced_table('public.mine', %s, ARRAY['id'])", (path,))
+    with as_role(cluster, db, app) as c:
+        assert error_of(c, "SELECT sync_now('public.mine')")[0] == "42704"
+        assert error_of(c, "SELECT drop_synced_table('public.mine')")[0] == "42704"
+        assert error_of(c, "SELECT full_refresh('public.mine')")[0] == "42704"
+        assert c.execute("SELECT count(*) FROM lakesync.synced_tables").fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM lakesync.synced_tables").fetchone() == (1,)
+
+
+# -- 3. search_path hijacking ---------------------------------------------------------------
+
+def test_look_alike_functions_and_operators_on_the_search_path_are_not_called(db):
+    db.execute("CREATE SCHEMA evil")
+    db.execute("CREATE TABLE evil.calls (what text)")
+    for fn, args, ret in [("to_regclass", "text", "regclass"),
+                          ("format_type", "oid, integer", "text"),
+                          ("current_schema", "", "name"),
+                          ("concat_ws", "text, text", "text"),
+                          ("count", "bigint", "bigint")]:
+        db.execute(f"CREATE FUNCTION evil.{fn}({args}) RETURNS {ret} LANGUAGE plpgsql AS $$ "
+                   f"BEGIN INSERT INTO evil.calls VALUES ('{fn}'); RETURN NULL; END $$")
+    for typ in ["text", "bigint", "name", "oid"]:
+        db.execute(f"CREATE FUNCTION evil.eq_{typ}({typ}, {typ}) RETURNS boolean "
+                   "LANGUAGE plpgsql AS $$ BEGIN INSERT INTO evil.calls VALUES ('='); "
+                   "RETURN false; END $$")
+        db.execute(f"CREATE OPERATOR evil.= (LEFTARG = {typ}, RIGHTARG = {typ}, "
+                   f"FUNCTION = evil.eq_{typ})")
+    path = table_path()
+    write(path, [{"id": 1, "v": "a"}], cdf=True)
+    db.execute("SET search_path = evil, pg_catalog, public")
+    db.execute("SELECT public.create_synced_table('public.t', %s, ARRAY['id'], 'triggered')",
+               (path,))
+    write(path, [{"id": 2, "v": "b"}])
+    assert db.execute("SELECT rows_inserted FROM public.sync_now('public.t')").fetchone() == (1,)
+    assert db.execute("SELECT rows_loaded FROM public.full_refresh('public.t')"
+                      ).fetchone() == (2,)
+    assert db.execute("SELECT public.drop_synced_table('public.t', true)").fetchone() == (True,)
+    db.execute("RESET search_path")
+    assert db.execute("SELECT what FROM evil.calls").fetchall() == []
+
+
+# -- 4. schema changes the target does not see are no gap ------------------------------------
+
+@pytest.mark.parametrize("change", ["excluded_column", "comment", "not_null"])
+def test_harmless_schema_change_is_no_gap(db, change):
+    from deltalake import DeltaTable
+    path = table_path()
+    schema = pa.schema([pa.field("id", pa.int64(), nullable=False), ("v", pa.string())])
+    write(path, [{"id": 1, "v": "a"}], cdf=True, schema=schema)
+    options = {"columns": ["id", "v"]} if change == "excluded_column" else {}
+    db.execute("SELECT create_synced_table('t', %s, ARRAY['id'], 'triggered', %s)",
+               (path, json.dumps(options)))
+    write(path, [{"id": 2, "v": "b"}], schema=schema)                 # v1, old schema
+    if change == "excluded_column":
+        wide = pa.schema([pa.field("id", pa.int64(), nullable=False), ("v", pa.string()),
+                          ("extra", pa.int64())])
+        write_deltalake(path, pa.Table.from_pylist([{"id": 3, "v": "c", "extra": 9}],
+                                                   schema=wide), mode="append",
+                        schema_mode="merge")
+    elif change == "comment":
+        DeltaTable(path).alter.set_column_metadata("v", {"comment": "the value"})
+    else:
+        DeltaTable(path).alter.drop_column_not_null("id")
+    os.system(f"chmod -R a+rX {path}")
+    if change != "excluded_column":
+        write(path, [{"id": 3, "v": "c"}], schema=schema if change == "comment" else None)
+    r = db.execute("SELECT change_source, rows_inserted, message FROM sync_now('t')").fetchone()
+    assert r[:2] == ("cdf", 2), r
+    assert db.execute("SELECT id, v FROM t ORDER BY id").fetchall() == [
+        (1, "a"), (2, "b"), (3, "c")]
+    assert db.execute("SELECT state FROM lakesync.synced_tables").fetchone() == ("synced",)
+
+
+# -- 5. a table replaced at the same path ---------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["snapshot", "triggered"])
+def test_replaced_table_at_the_synced_version_is_noticed(db, mode):
+    path = table_path()
+    write(path, [{"id": 1}], cdf=True)
+    write(path, [{"id": 2}])
+    db.execute("SELECT create_synced_table('t', %s, ARRAY['id'], %s)", (path, mode))
+    shutil.rmtree(path)
+    write(path, [{"id": 10}], cdf=True)
+    write(path, [{"id": 20}])  # the new table reaches the synced version number, 1
+    if mode == "snapshot":
+        r = db.execute("SELECT delta_version, rows_loaded, message FROM sync_now('t')").fetchone()
+        assert r[:2] == (1, 2), r
+        assert db.execute("SELECT id FROM t ORDER BY id").fetchall() == [(10,), (20,)]
+    else:
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as e:
+            db.execute("SELECT sync_now('t')")
+        assert "replaced" in e.value.diag.message_primary
+        assert db.execute("SELECT state FROM lakesync.synced_tables").fetchone() == (
+            "needs_full_refresh",)
+        db.execute("SELECT full_refresh('t')")
+        assert db.execute("SELECT id FROM t ORDER BY id").fetchall() == [(10,), (20,)]
+        assert db.execute("SELECT message FROM sync_now('t')").fetchone()[0].endswith(
+            "nothing to do")
+
+
+# -- 6. names are parsed as Postgres parses them --------------------------------------------
+
+def test_identifiers_fold_as_postgres_folds_them(db):
+    path = table_path()
+    write(path, [{"id": 1}])
+    r = db.execute("SELECT target FROM create_synced_table('\u00c4RGER', %s)", (path,)).fetchone()
+    # Postgres folds ASCII letters only: ÄRGER is the table "Ärger".
+    assert r == ('public."\u00c4rger"',)
+    assert db.execute("SELECT count(*) FROM \u00c4RGER").fetchone() == (1,)
+    assert db.execute("SELECT target FROM sync_now('\u00c4rger')").fetchone() == r
+
+
+def test_bare_name_resolves_through_the_search_path(db):
+    path = table_path()
+    write(path, [{"id": 1}])
+    db.execute("CREATE SCHEMA first")
+    db.execute("SELECT create_synced_table('public.t', %s)", (path,))
+    db.execute("SET search_path = first, public")
+    assert db.execute("SELECT target FROM sync_now('t')").fetchone() == ("public.t",)
+    # A new table still goes to the first schema of the path, as CREATE TABLE does.
+    assert db.execute("SELECT target FROM create_synced_table('u', %s)", (path,)
+                      ).fetchone() == ("first.u",)
+
+
+# -- 7. columns the user added are the user's -----------------------------------------------
+
+@pytest.mark.parametrize("mode", ["snapshot", "triggered"])
+def test_user_columns_survive_syncs_and_full_refresh(db, mode):
+    path = table_path()
+    write(path, [{"id": 1, "v": "red apple"}], cdf=True)
+    db.execute("SELECT create_synced_table('t', %s, ARRAY['id'], %s)", (path, mode))
+    db.execute("ALTER TABLE t ADD COLUMN doc tsvector "
+               "GENERATED ALWAYS AS (to_tsvector('simple', v)) STORED")
+    db.execute("CREATE INDEX t_doc ON t USING gin (doc)")
+    db.execute("ALTER TABLE t ADD COLUMN note text DEFAULT 'mine'")
+    write(path, [{"id": 2, "v": "green pear"}])
+    r = db.execute("SELECT rows_loaded, message FROM sync_now('t')").fetchone()
+    assert r[0] == (2 if mode == "snapshot" else 1), r
+    db.execute("SET enable_seqscan = off")
+    assert db.execute("SELECT id, note FROM t WHERE doc @@ 'pear'::tsquery").fetchall() == [
+        (2, "mine")]
+    db.execute("SELECT full_refresh('t')")
+    assert db.execute("SELECT id FROM t WHERE doc @@ 'apple'::tsquery").fetchall() == [(1,)]
+    assert db.execute("SELECT count(*) FROM pg_indexes WHERE indexname = 't_doc'"
+                      ).fetchone() == (1,)
+    assert db.execute("SELECT synced_columns, state FROM lakesync.synced_tables").fetchone() == (
+        ["id", "v"], "synced")
+
+
+# -- 8. failures are always recorded --------------------------------------------------------
+
+def test_failure_of_a_nologin_role_is_recorded(db):
+    db.execute("CREATE ROLE nologin_app NOLOGIN")
+    db.execute("GRANT pg_read_server_files TO nologin_app")
+    db.execute("GRANT CREATE ON SCHEMA public TO nologin_app")
+    path = table_path()
+    write(path, [{"id": 1}])
+    db.execute("SET ROLE nologin_app")
+    db.execute("SELECT create_synced_table('t', %s, ARRAY['id'])", (path,))
+    write(path, [{"id": 1}])  # a duplicate key
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        db.execute("SELECT sync_now('t')")
+    db.execute("RESET ROLE")
+    assert db.execute("SELECT owner, status FROM lakesync.sync_runs ORDER BY run_id"
+                      ).fetchall() == [("nologin_app", "succeeded"), ("nologin_app", "failed")]
+    assert db.execute("SELECT state FROM lakesync.synced_tables").fetchone() == ("failed",)
+    db.execute("DROP OWNED BY nologin_app CASCADE")
+    db.execute("DROP ROLE nologin_app")
+
+
+def test_failed_full_refresh_keeps_needs_full_refresh(db):
+    path = table_path()
+    schema = pa.schema([("id", pa.int64()), ("val", pa.string())])
+    write(path, [{"id": 1, "val": "a"}], cdf=True, schema=schema)
+    db.execute("SELECT create_synced_table('t', %s, ARRAY['id'], 'triggered')", (path,))
+    narrow = pa.schema([("id", pa.int64())])
+    write_deltalake(path, pa.Table.from_pylist([{"id": 2}], schema=narrow), mode="overwrite",
+                    schema_mode="overwrite")
+    os.system(f"chmod -R a+rX {path}")
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+        db.execute("SELECT sync_now('t')")
+    assert db.execute("SELECT state FROM lakesync.synced_tables").fetchone() == (
+        "needs_full_refresh",)
+    for f in glob.glob(os.path.join(path, "*.parquet")):
+        os.remove(f)
+    with pytest.raises(psycopg.errors.UndefinedFile):
+        db.execute("SELECT full_refresh('t')")
+    state, err = db.execute("SELECT state, last_error FROM lakesync.synced_tables").fetchone()
+    assert state == "needs_full_refresh" and "missing" in err
+    assert db.execute("SELECT status FROM lakesync.sync_runs ORDER BY run_id DESC LIMIT 1"
+                      ).fetchone() == ("failed",)
