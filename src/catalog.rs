@@ -237,9 +237,9 @@ pub fn default_schema() -> Result<String> {
 /// The schema in which the search_path finds table `table` (unqualified), if any.
 pub fn schema_on_search_path(table: &str) -> Result<Option<String>> {
     Spi::get_one_with_args::<String>(
-        "SELECT n.nspname::text FROM pg_catalog.pg_class c \
+        "SELECT (SELECT n.nspname::text FROM pg_catalog.pg_class c \
          JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
-         WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(pg_catalog.quote_ident($1))",
+         WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(pg_catalog.quote_ident($1)))",
         &[table.into()],
     )
     .map_err(spi_err)
