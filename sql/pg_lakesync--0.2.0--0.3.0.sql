@@ -8,8 +8,15 @@ REVOKE INSERT, UPDATE, DELETE ON lakesync.synced_tables FROM PUBLIC;
 REVOKE INSERT ON lakesync.sync_runs FROM PUBLIC;
 REVOKE USAGE ON SEQUENCE lakesync.sync_runs_run_id_seq FROM PUBLIC;
 
--- The target columns the syncs write. NULL (specs synced by 0.2.0) means every column of the
--- target but generated ones; the next successful sync records the list.
+-- The target columns the syncs write: for existing specs, the target's columns now (0.2.0
+-- could not sync a table with columns of its own), so a column a user adds after the upgrade
+-- is never mistaken for one dropped in Delta.
 ALTER TABLE lakesync.synced_tables ADD COLUMN synced_columns text[];
+UPDATE lakesync.synced_tables s
+   SET synced_columns = (SELECT pg_catalog.array_agg(a.attname::text ORDER BY a.attnum)
+                           FROM pg_catalog.pg_attribute a
+                          WHERE a.attrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(s.target)
+                            AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped
+                            AND a.attgenerated OPERATOR(pg_catalog.=) '');
 COMMENT ON COLUMN lakesync.synced_tables.synced_columns IS
     'The target columns the syncs write; any other column belongs to the user and is left alone';

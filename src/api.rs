@@ -41,7 +41,7 @@ fn row(
         r.inserted,
         r.updated,
         r.deleted,
-        r.change_source.to_string(),
+        r.change_source.as_str().to_string(),
     ))
 }
 

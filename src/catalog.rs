@@ -10,6 +10,43 @@ use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgTryBuilder};
 
+/// Where a synced table stands (`synced_tables.state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Created; its first sync has not committed.
+    New,
+    Synced,
+    /// The last sync failed; the next one retries.
+    Failed,
+    /// Only a full refresh can continue (a gap, a lossy schema change).
+    NeedsFullRefresh,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::New => "new",
+            State::Synced => "synced",
+            State::Failed => "failed",
+            State::NeedsFullRefresh => "needs_full_refresh",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "new" => State::New,
+            "synced" => State::Synced,
+            "failed" => State::Failed,
+            "needs_full_refresh" => State::NeedsFullRefresh,
+            other => {
+                return Err(LakeError::Internal(format!(
+                    "unknown state \"{other}\" in lakesync.synced_tables"
+                )))
+            }
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Spec {
     pub target: String,
@@ -17,7 +54,7 @@ pub struct Spec {
     pub mode: String,
     pub primary_key: Vec<String>,
     pub options: serde_json::Value,
-    pub state: String,
+    pub state: State,
     pub synced_version: Option<i64>,
     /// The Delta table id the synced version belongs to.
     pub delta_table_id: Option<String>,
@@ -31,6 +68,7 @@ fn spi_err(e: pgrx::spi::Error) -> LakeError {
 
 /// The role a sync runs for: the current user (after SET ROLE / SECURITY DEFINER, as COPY
 /// checks privileges).
+#[derive(Clone)]
 pub struct Caller {
     pub name: String,
     pub superuser: bool,
@@ -73,10 +111,12 @@ pub fn as_catalog_owner<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
                 | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
         );
     }
+    // Under a safe search_path too: a background worker (the failure recorder) picks up the
+    // database's own search_path setting, which its owner may point at look-alike operators.
     let f = std::panic::AssertUnwindSafe(f);
     PgTryBuilder::new(move || {
         let f = f;
-        (f.0)()
+        crate::session::with_safe_search_path(f.0)
     })
     .finally(move || unsafe { pg_sys::SetUserIdAndSecContext(user, context) })
     .execute()
@@ -108,7 +148,7 @@ pub fn lock_spec(target: &str, caller: &Caller) -> Result<Option<Spec>> {
 }
 
 fn lock_own_spec(target: &str, caller: &Caller) -> Result<Option<Spec>> {
-    Spi::connect_mut(|client| {
+    let spec = Spi::connect_mut(|client| {
         let rows = client.update(
             &format!(
                 "SELECT target, source, mode, coalesce(primary_key, '{{}}'), options, state, \
@@ -124,34 +164,60 @@ fn lock_own_spec(target: &str, caller: &Caller) -> Result<Option<Spec>> {
         )?;
         let mut spec = None;
         for row in rows {
-            spec = Some(Spec {
-                target: row.get::<String>(1)?.unwrap_or_default(),
-                source: row.get::<String>(2)?.unwrap_or_default(),
-                mode: row.get::<String>(3)?.unwrap_or_default(),
-                primary_key: row.get::<Vec<String>>(4)?.unwrap_or_default(),
-                options: row
-                    .get::<JsonB>(5)?
-                    .map(|j| j.0)
-                    .unwrap_or(serde_json::Value::Null),
-                state: row.get::<String>(6)?.unwrap_or_default(),
-                synced_version: row.get::<i64>(7)?,
-                delta_table_id: row.get::<String>(8)?,
-                synced_columns: row.get::<Vec<String>>(9)?,
-            });
+            let state = row.get::<String>(6)?.unwrap_or_default();
+            spec = Some((
+                Spec {
+                    target: row.get::<String>(1)?.unwrap_or_default(),
+                    source: row.get::<String>(2)?.unwrap_or_default(),
+                    mode: row.get::<String>(3)?.unwrap_or_default(),
+                    primary_key: row.get::<Vec<String>>(4)?.unwrap_or_default(),
+                    options: row
+                        .get::<JsonB>(5)?
+                        .map(|j| j.0)
+                        .unwrap_or(serde_json::Value::Null),
+                    state: State::New,
+                    synced_version: row.get::<i64>(7)?,
+                    delta_table_id: row.get::<String>(8)?,
+                    synced_columns: row.get::<Vec<String>>(9)?,
+                },
+                state,
+            ));
         }
         Ok::<_, pgrx::spi::Error>(spec)
     })
-    .map_err(spi_err)
+    .map_err(spi_err)?;
+    spec.map(|(spec, state)| {
+        Ok(Spec {
+            state: State::parse(&state)?,
+            ..spec
+        })
+    })
+    .transpose()
 }
 
-pub fn exists(target: &str) -> Result<bool> {
-    Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM lakesync.synced_tables \
-         WHERE target OPERATOR(pg_catalog.=) $1)",
-        &[target.into()],
-    )
-    .map(|b| b.unwrap_or(false))
-    .map_err(spi_err)
+/// Whether `target` is a synced table the caller owns (superusers: any) — not by row security
+/// alone, which a BYPASSRLS role does not see — or, with `caller` None, anybody's.
+pub fn exists(target: &str, caller: Option<&Caller>) -> Result<bool> {
+    let anybody = Caller {
+        name: String::new(),
+        superuser: true,
+    };
+    let caller = caller.unwrap_or(&anybody);
+    as_catalog_owner(|| {
+        Spi::get_one_with_args::<bool>(
+            &format!(
+                "SELECT EXISTS (SELECT FROM lakesync.synced_tables \
+                 WHERE target OPERATOR(pg_catalog.=) $1 AND {OWN_ROWS})"
+            ),
+            &[
+                target.into(),
+                caller.name.clone().into(),
+                caller.superuser.into(),
+            ],
+        )
+        .map(|b| b.unwrap_or(false))
+        .map_err(spi_err)
+    })
 }
 
 /// Forgets a spec; false when there was none the caller may see.

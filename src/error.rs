@@ -70,8 +70,8 @@ pub type Result<T> = std::result::Result<T, LakeError>;
 
 /// How the messages of the failures that need a full refresh begin (a caught ERROR carries only
 /// its SQLSTATE and text).
-pub const GAP_PREFIX: &str = "cannot sync incrementally: ";
-pub const SCHEMA_PREFIX: &str = "the schema of the Delta table behind synced table ";
+const GAP_PREFIX: &str = "cannot sync incrementally: ";
+const SCHEMA_PREFIX: &str = "the schema of the Delta table behind synced table ";
 
 impl LakeError {
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -166,8 +166,10 @@ impl LakeError {
         }
     }
 
-    /// Raises this error as a Postgres ERROR. Never returns.
+    /// Raises this error as a Postgres ERROR. Never returns. The error is kept (see
+    /// [`raised`]) so that code catching the ERROR can tell which of ours it was by its variant.
     pub fn raise(&self) -> ! {
+        RAISED.with(|r| *r.borrow_mut() = Some(self.clone()));
         let mut report = ErrorReport::new(self.sqlstate(), self.to_string(), "pg_lakesync");
         if let Some(h) = self.hint() {
             report = report.set_hint(h);
@@ -236,6 +238,21 @@ impl fmt::Display for LakeError {
             LakeError::Internal(m) => write!(f, "pg_lakesync internal error: {m}"),
         }
     }
+}
+
+thread_local! {
+    static RAISED: std::cell::RefCell<Option<LakeError>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The `LakeError` behind a caught ERROR with this SQLSTATE and message, if it was one of ours
+/// (the last one this backend raised, and the same error).
+pub fn raised(code: PgSqlErrorCode, message: &str) -> Option<LakeError> {
+    RAISED.with(|r| {
+        r.borrow()
+            .as_ref()
+            .filter(|e| e.sqlstate() == code && e.to_string() == message)
+            .cloned()
+    })
 }
 
 /// Raises the error of a failed step; used by the SQL wrappers.

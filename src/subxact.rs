@@ -48,9 +48,7 @@ pub fn needs_full_refresh(e: &CaughtError) -> bool {
         CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
         CaughtError::RustPanic { ereport, .. } => ereport,
     };
-    r.sql_error_code() == pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
-        && (r.message().starts_with(crate::error::GAP_PREFIX)
-            || r.message().starts_with(crate::error::SCHEMA_PREFIX))
+    crate::error::raised(r.sql_error_code(), r.message()).is_some_and(|e| e.needs_full_refresh())
 }
 
 /// The message of a caught error, for the run record.

@@ -152,11 +152,13 @@ pub fn copy_from_stream(
         });
     });
     let _guard = FeedGuard;
+    // Named before the COPY: after a caught ERROR, nothing may touch the catalogs.
+    let table = relation_name(relid);
     let processed = crate::session::with_utf8_client_encoding(|| {
         PgTryBuilder::new(|| Ok(unsafe { begin_and_copy(relid, columns) }))
             .catch_when(PgSqlErrorCode::ERRCODE_UNTRANSLATABLE_CHARACTER, |e| {
                 Err(LakeError::Untranslatable {
-                    table: relation_name(relid),
+                    table: table.clone(),
                     detail: crate::subxact::message(&e),
                 })
             })

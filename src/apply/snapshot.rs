@@ -53,8 +53,11 @@ pub fn load(
             let cols: Vec<String> = names.iter().map(|n| quote_ident(n)).collect();
             let key: Vec<String> = plan.key.iter().map(|&k| cols[k].clone()).collect();
             spi_count(&format!("DROP TABLE IF EXISTS {stage}"))?;
+            // Only the synced columns: a user's own columns (identity, volatile defaults,
+            // NOT NULL) have no business in the stage.
             spi_count(&format!(
-                "CREATE TEMP TABLE lakesync_stage (LIKE {} INCLUDING DEFAULTS)",
+                "CREATE TEMP TABLE lakesync_stage AS SELECT {} FROM {} WITH NO DATA",
+                cols.join(", "),
                 target.qualified()
             ))?;
             let stage_oid = crate::catalog::relation_oid(stage)?

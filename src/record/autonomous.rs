@@ -114,7 +114,7 @@ pub extern "C-unwind" fn lakesync_failure_recorder_main(arg: pg_sys::Datum) {
         pgrx::log!("pg_lakesync failure recorder: unreadable failure message");
         return;
     };
-    let written = BackgroundWorker::transaction(move || {
+    BackgroundWorker::transaction(move || {
         let started = unsafe {
             pgrx::datum::TimestampWithTimeZone::from_datum(
                 pg_sys::Datum::from(msg.started_pg_micros),
@@ -136,13 +136,15 @@ pub extern "C-unwind" fn lakesync_failure_recorder_main(arg: pg_sys::Datum) {
             succeeded: false,
             message: Some(msg.message.clone()),
         };
-        insert_run(&run).and_then(|_| mark_failed(&msg.target, started, &msg.message, &msg.state))
+        let written = insert_run(&run)
+            .and_then(|_| mark_failed(&msg.target, &msg.owner, started, &msg.message, &msg.state));
+        // Both or neither: an ERROR aborts the transaction (and ends this worker unmarked).
+        if let Err(e) = written {
+            e.raise();
+        }
     });
-    match written {
-        // The transaction has committed: tell the waiting backend.
-        Ok(()) => unsafe { addr.add(4).write_volatile(1) },
-        Err(e) => pgrx::log!("pg_lakesync failure recorder: {e}"),
-    }
+    // The transaction has committed: tell the waiting backend.
+    unsafe { addr.add(4).write_volatile(1) };
     unsafe { pg_sys::dsm_detach(seg) };
 }
 

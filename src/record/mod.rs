@@ -59,6 +59,7 @@ pub fn insert_run(r: &RunRecord) -> Result<i64> {
 /// that needs a full refresh keeps needing one whatever else fails (a failed full refresh, say).
 pub fn mark_failed(
     target: &str,
+    owner: &str,
     started: TimestampWithTimeZone,
     message: &str,
     state: &str,
@@ -69,9 +70,16 @@ pub fn mark_failed(
              last_sync_finished = pg_catalog.clock_timestamp(), \
              state = CASE WHEN state OPERATOR(pg_catalog.=) 'needs_full_refresh' THEN state \
                           ELSE $4 END \
-             WHERE target IN (SELECT target FROM lakesync.synced_tables \
-                              WHERE target OPERATOR(pg_catalog.=) $1 FOR UPDATE SKIP LOCKED)",
-            &[target.into(), message.into(), started.into(), state.into()],
+             WHERE target OPERATOR(pg_catalog.=) ANY (SELECT target FROM lakesync.synced_tables \
+                 WHERE target OPERATOR(pg_catalog.=) $1 AND owner OPERATOR(pg_catalog.=) $5 \
+                 FOR UPDATE SKIP LOCKED)",
+            &[
+                target.into(),
+                message.into(),
+                started.into(),
+                state.into(),
+                owner.into(),
+            ],
         )
         .map_err(|e| LakeError::Internal(format!("cannot record the sync failure: {e}")))
     })

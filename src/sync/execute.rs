@@ -1,0 +1,344 @@
+//! Execute: carry out a decision in the current transaction — load a snapshot or apply the
+//! steps — and record the success (run row and spec state) with the data, so both commit
+//! together or not at all.
+
+use super::decide::Decision;
+use super::report::{ChangeSource, Counts, SyncReport};
+use super::steps::{self, Step};
+use crate::apply;
+use crate::apply::changes::Applied;
+use crate::catalog::{self, Caller, RowCount, SyncedState};
+use crate::error::Result;
+use crate::options::{Mode, OnGap, SyncOptions};
+use crate::plan::evolve::Change;
+use crate::plan::target::TargetName;
+use crate::plan::ColumnsPlan;
+use crate::record::{self, RunRecord};
+use crate::source::{changes, scan, DeltaSource};
+use pgrx::datum::TimestampWithTimeZone;
+use pgrx::prelude::*;
+use std::cell::Cell;
+use std::time::Instant;
+
+/// One sync's context, shared by its steps.
+pub struct Run<'a> {
+    pub target: &'a TargetName,
+    /// The role the sync runs for, owner of its run record.
+    pub caller: &'a Caller,
+    pub relid: pg_sys::Oid,
+    pub mode: Mode,
+    pub opts: &'a SyncOptions,
+    pub started: TimestampWithTimeZone,
+    pub clock: Instant,
+    /// How the target's columns must change to hold the source's schema.
+    pub schema: Vec<Change>,
+    /// The target columns the sync writes (the plan's).
+    pub columns: Vec<String>,
+    evolved: Cell<bool>,
+}
+
+impl<'a> Run<'a> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        target: &'a TargetName,
+        caller: &'a Caller,
+        relid: pg_sys::Oid,
+        mode: Mode,
+        opts: &'a SyncOptions,
+        (started, clock): (TimestampWithTimeZone, Instant),
+        schema: Vec<Change>,
+        plan: &ColumnsPlan,
+    ) -> Self {
+        Run {
+            target,
+            caller,
+            relid,
+            mode,
+            opts,
+            started,
+            clock,
+            schema,
+            columns: plan.columns.iter().map(|c| c.name.clone()).collect(),
+            evolved: Cell::new(false),
+        }
+    }
+
+    /// Applies the schema changes to the target, once.
+    fn evolve(&self) -> Result<()> {
+        if !self.evolved.replace(true) {
+            apply::ddl::evolve(self.target, &self.schema)?;
+        }
+        Ok(())
+    }
+}
+
+/// How a snapshot load meets the target.
+#[derive(Clone, Copy)]
+pub enum Load<'a> {
+    /// A target created in this transaction: no rows to replace, its key's index is built
+    /// after the rows are in.
+    First,
+    /// Replace the rows of an existing target; `why` says why a table that could have been
+    /// synced incrementally was reloaded in full.
+    Replace {
+        from_version: Option<i64>,
+        why: Option<&'a str>,
+    },
+}
+
+/// Carries out `decision` for an existing synced table last synced at `synced_version`.
+pub fn execute(
+    run: &Run,
+    source: DeltaSource,
+    plan: &ColumnsPlan,
+    synced_version: Option<i64>,
+    decision: Decision,
+) -> Result<SyncReport> {
+    match decision {
+        Decision::Fail(e) => Err(e),
+        Decision::Nothing => {
+            let version = source.version();
+            Ok(SyncReport {
+                target: run.target.qualified(),
+                source: source.location.display(),
+                mode: run.mode.as_str().into(),
+                change_source: ChangeSource::None,
+                from_version: synced_version,
+                delta_version: version,
+                inserted: 0,
+                updated: 0,
+                deleted: 0,
+                skipped: 0,
+                duration: run.clock.elapsed(),
+                message: format!("already at Delta version {version}; nothing to do"),
+            })
+        }
+        Decision::Snapshot { why } => load_snapshot(
+            run,
+            source,
+            plan,
+            Load::Replace {
+                from_version: synced_version,
+                why: why.as_deref(),
+            },
+        ),
+        Decision::Incremental { synced } => {
+            let built = steps::build(
+                &source,
+                plan,
+                synced,
+                run.opts.change_detection,
+                run.opts.null_bytes,
+            );
+            match built {
+                Ok(steps) => apply_changes(run, source, plan, synced, steps),
+                Err(gap) if gap.needs_full_refresh() && run.opts.on_gap == OnGap::FullRefresh => {
+                    let why = gap.to_string();
+                    load_snapshot(
+                        run,
+                        source,
+                        plan,
+                        Load::Replace {
+                            from_version: Some(synced),
+                            why: Some(&why),
+                        },
+                    )
+                }
+                Err(e) => Err(e),
+            }
+        }
+    }
+}
+
+/// Applies the steps after adding and widening columns. A gap found while reading (a vacuumed
+/// file, say) is handled like one found before, per option on_gap.
+fn apply_changes(
+    run: &Run,
+    source: DeltaSource,
+    plan: &ColumnsPlan,
+    synced: i64,
+    steps: Vec<Step>,
+) -> Result<SyncReport> {
+    let change_source = match run.opts.change_detection {
+        crate::options::ChangeDetection::Cdf => ChangeSource::Cdf,
+        crate::options::ChangeDetection::Files => ChangeSource::Files,
+    };
+    let reload = |why: &str| {
+        load_snapshot(
+            run,
+            source.clone(),
+            plan,
+            Load::Replace {
+                from_version: Some(synced),
+                why: Some(why),
+            },
+        )
+    };
+    run.evolve()?;
+    let mut total = Counts::default();
+    for step in steps {
+        let (plan_of_step, parts) = (step.plan, step.parts);
+        let applied = crate::subxact::run(true, || {
+            apply::changes::apply(run.target, &plan_of_step, parts)
+        });
+        let applied = match applied {
+            Ok(r) => r?,
+            Err(caught)
+                if run.opts.on_gap == OnGap::FullRefresh
+                    && crate::subxact::needs_full_refresh(&caught) =>
+            {
+                return reload(&crate::subxact::message(&caught));
+            }
+            Err(caught) => caught.rethrow(),
+        };
+        match applied {
+            Applied::NeedsSnapshot => {
+                return reload("timeseries_key with deletes or updates in the changes")
+            }
+            Applied::Changes(c) => {
+                total.inserted += c.inserted as i64;
+                total.updated += c.updated as i64;
+                total.deleted += c.deleted as i64;
+                total.skipped += c.skipped_null_key as i64;
+            }
+        }
+    }
+    record_success(run, &source, Some(synced), change_source, total, None)
+}
+
+/// Replaces the target's contents with the source's rows (the first sync, SNAPSHOT mode, and
+/// every full refresh).
+pub fn load_snapshot(
+    run: &Run,
+    source: DeltaSource,
+    plan: &ColumnsPlan,
+    load: Load,
+) -> Result<SyncReport> {
+    let (from_version, why, replace_existing) = match load {
+        Load::First => (None, None, false),
+        Load::Replace { from_version, why } => (from_version, why, true),
+    };
+    // A type change or a dropped column is applied after the old rows are gone.
+    let cleared = if replace_existing && run.schema.iter().any(|c| !c.keeps_data()) {
+        Some(apply::snapshot::clear(run.target)?)
+    } else {
+        None
+    };
+    run.evolve()?;
+    let meta = source.clone();
+    let stream = scan::start(
+        source,
+        plan.columns.clone(),
+        plan.key.clone(),
+        run.opts.null_bytes,
+    );
+    let loaded = apply::snapshot::load(
+        run.target,
+        run.relid,
+        plan,
+        stream,
+        replace_existing && cleared.is_none(),
+    )?;
+    if !replace_existing {
+        // A new target: its key's index is built once the rows are in (see create_target).
+        apply::ddl::add_primary_key(run.target, plan)?;
+    }
+    record_success(
+        run,
+        &meta,
+        from_version,
+        ChangeSource::Snapshot,
+        Counts {
+            inserted: loaded.inserted as i64,
+            updated: 0,
+            deleted: cleared.unwrap_or(loaded.deleted) as i64,
+            skipped: loaded.skipped_null_key as i64,
+            superseded: loaded.superseded as i64,
+        },
+        why,
+    )
+}
+
+/// Records a successful sync (run row and spec state) in the sync's own transaction.
+fn record_success(
+    run: &Run,
+    source: &DeltaSource,
+    from_version: Option<i64>,
+    change_source: ChangeSource,
+    c: Counts,
+    why: Option<&str>,
+) -> Result<SyncReport> {
+    let qualified = run.target.qualified();
+    let version = source.version();
+    let mut message = match change_source {
+        ChangeSource::Snapshot => format!("synced Delta version {version}: {} rows", c.inserted),
+        _ => format!(
+            "applied Delta versions {}..{version} from the change feed: {} inserted, {} updated, {} deleted",
+            from_version.map(|v| v + 1).unwrap_or(0).min(version),
+            c.inserted,
+            c.updated,
+            c.deleted
+        ),
+    };
+    if c.skipped > 0 {
+        message.push_str(&format!(
+            ", {} rows with a NULL primary key skipped",
+            c.skipped
+        ));
+    }
+    if c.superseded > 0 {
+        message.push_str(&format!(
+            ", {} older rows replaced by timeseries_key",
+            c.superseded
+        ));
+    }
+    if !run.schema.is_empty() {
+        let notes: Vec<String> = run.schema.iter().map(Change::describe).collect();
+        message.push_str(&format!("; schema: {}", notes.join(", ")));
+    }
+    if let Some(why) = why {
+        message.push_str(&format!(" (full refresh: {why})"));
+    }
+    record::insert_run(&RunRecord {
+        target: qualified.clone(),
+        owner: run.caller.name.clone(),
+        started: run.started,
+        from_version,
+        to_version: Some(version),
+        inserted: c.inserted,
+        updated: c.updated,
+        deleted: c.deleted,
+        skipped: c.skipped,
+        change_source: Some(change_source.as_str().into()),
+        succeeded: true,
+        message: Some(message.clone()),
+    })?;
+    catalog::mark_synced(
+        &qualified,
+        &SyncedState {
+            version,
+            table_id: changes::table_id(source),
+            rows: match change_source {
+                ChangeSource::Snapshot => RowCount::Exactly(c.inserted),
+                _ => RowCount::ChangedBy(c.inserted - c.deleted),
+            },
+            started: run.started,
+            columns: run.columns.clone(),
+        },
+    )?;
+    crate::debug::pause_point("commit");
+    Ok(SyncReport {
+        target: qualified,
+        source: source.location.display(),
+        mode: run.mode.as_str().into(),
+        change_source,
+        from_version,
+        delta_version: version,
+        inserted: c.inserted,
+        updated: c.updated,
+        deleted: c.deleted,
+        skipped: c.skipped,
+        duration: run.clock.elapsed(),
+        message,
+    })
+}

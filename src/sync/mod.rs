@@ -1,0 +1,256 @@
+//! One sync, end to end: source → plan → apply → record.
+//!
+//! A call resolves a [`job::SyncJob`] once (spec, role, target, source), a pure
+//! [`decide::decide`] says what the sync must do, and [`execute`] does it inside a
+//! [`runner::Runner`], which owns the transaction and records a failure. `steps` turns an
+//! incremental decision into staged changes.
+
+pub mod decide;
+pub mod execute;
+pub mod job;
+pub mod report;
+pub mod runner;
+pub mod steps;
+
+use crate::apply;
+use crate::catalog::{self, Spec, State};
+use crate::error::{LakeError, Result};
+use crate::options::{ChangeDetection, Mode, SyncOptions};
+use crate::plan::evolve;
+use crate::plan::plan_columns;
+use crate::plan::target::TargetName;
+use crate::source::location::SourceLocation;
+use crate::source::{self, changes, DeltaSource};
+use decide::{decide, Facts};
+use execute::{Load, Run};
+use job::SyncJob;
+use pgrx::datum::TimestampWithTimeZone;
+use pgrx::prelude::*;
+pub use report::{NewSyncedTable, SyncReport};
+use runner::{Interactive, Runner};
+use std::time::Instant;
+
+/// `create_synced_table`: validate everything, create the target, record the spec and run the
+/// first sync — all in the caller's transaction, so a failure leaves nothing behind.
+pub fn create(req: NewSyncedTable) -> Result<SyncReport> {
+    let clock = Instant::now();
+    let started = now();
+    // Names resolve through the caller's search_path; everything after runs under a safe one.
+    let target = TargetName::for_new(req.target)?;
+    crate::session::with_safe_search_path(|| create_named(req, target, started, clock))
+}
+
+fn create_named(
+    req: NewSyncedTable,
+    target: TargetName,
+    started: TimestampWithTimeZone,
+    clock: Instant,
+) -> Result<SyncReport> {
+    let mode = Mode::parse(req.mode)?;
+    if mode == Mode::Continuous {
+        return Err(LakeError::Unsupported {
+            message: "sync mode \"continuous\" is not available yet".into(),
+            hint: Some("Use mode \"triggered\" and call sync_now() as often as needed.".into()),
+        });
+    }
+    let opts = SyncOptions::parse(&req.options)?;
+    check_mode_options(mode, &req.primary_key, &req.options)?;
+    let qualified = target.qualified();
+    let location = SourceLocation::parse(req.source)?;
+    location.check_access()?;
+    if catalog::exists(&qualified, None)? {
+        return Err(LakeError::invalid_with_hint(
+            format!("\"{qualified}\" is already a synced table"),
+            "Use sync_now() to sync it, or drop_synced_table() first.",
+        ));
+    }
+    if catalog::relation_oid(&qualified)?.is_some() {
+        return Err(LakeError::TargetExists(qualified));
+    }
+    let source = open_source(&location, opts.version)?;
+    if mode == Mode::Triggered
+        && opts.change_detection == ChangeDetection::Cdf
+        && !changes::cdf_enabled(&source)
+    {
+        return Err(LakeError::Unsupported {
+            message: format!(
+                "Delta table \"{}\" does not have its change data feed enabled, which triggered mode reads",
+                location.display()
+            ),
+            hint: Some(format!(
+                "Enable it in Delta: ALTER TABLE delta.`{}` SET TBLPROPERTIES (delta.enableChangeDataFeed = true); or pass option \"change_detection\": \"files\" to derive the changes from the data files.",
+                location.display()
+            )),
+        });
+    }
+    let plan = plan_columns(&source, &opts, &req.primary_key)?;
+    let relid = apply::ddl::create_target(&target, &plan)?;
+    let caller = catalog::caller();
+    catalog::insert_spec(
+        &Spec {
+            target: qualified.clone(),
+            source: location.display(),
+            mode: mode.as_str().into(),
+            primary_key: req.primary_key.clone(),
+            options: req.options.clone(),
+            state: State::New,
+            synced_version: None,
+            delta_table_id: None,
+            synced_columns: None,
+        },
+        &caller,
+    )?;
+    let run = Run::new(
+        &target,
+        &caller,
+        relid,
+        mode,
+        &opts,
+        (started, clock),
+        Vec::new(),
+        &plan,
+    );
+    execute::load_snapshot(&run, source, &plan, Load::First)
+}
+
+/// What a mode requires of the spec, checked before anything is created.
+fn check_mode_options(mode: Mode, primary_key: &[String], raw: &serde_json::Value) -> Result<()> {
+    match mode {
+        Mode::Triggered => {
+            if primary_key.is_empty() {
+                return Err(LakeError::invalid_with_hint(
+                    "triggered mode needs a primary key to apply changes by",
+                    "Pass primary_key => ARRAY['...'] to create_synced_table.",
+                ));
+            }
+        }
+        _ => {
+            for name in ["on_gap", "change_detection"] {
+                if raw.get(name).is_some() {
+                    return Err(LakeError::invalid(format!(
+                        "option \"{name}\" applies to triggered mode only"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `sync_now`: bring a synced table to the source's latest (or pinned) version. A dry run does
+/// all the work in a subtransaction it then rolls back, so its counts are exact.
+pub fn sync_now(target: &str, dry_run: bool) -> Result<SyncReport> {
+    let report = run_recorded(target, !dry_run, false)?;
+    if dry_run {
+        return Ok(SyncReport {
+            message: format!("dry run, nothing changed: {}", report.message),
+            ..report
+        });
+    }
+    Ok(report)
+}
+
+/// `full_refresh`: rebuild the table from the latest version, whatever its state.
+pub fn full_refresh(target: &str) -> Result<SyncReport> {
+    run_recorded(target, true, true)
+}
+
+/// Runs a sync of an existing synced table through the interactive runner.
+fn run_recorded(target: &str, keep: bool, full: bool) -> Result<SyncReport> {
+    let clock = Instant::now();
+    let started = now();
+    let name = TargetName::for_existing(target)?;
+    crate::session::with_safe_search_path(|| {
+        let qualified = name.qualified();
+        let caller = catalog::caller();
+        if !catalog::exists(&qualified, Some(&caller))? {
+            return Err(LakeError::NotSynced(qualified));
+        }
+        let runner = Interactive {
+            keep,
+            caller: &caller,
+            started,
+        };
+        runner.run(&qualified, || {
+            let job = SyncJob::resolve(&name, caller.clone())?;
+            sync_job(&job, full, started, clock)
+        })
+    })
+}
+
+/// One sync of a resolved job: read the source's metadata, decide, execute.
+fn sync_job(
+    job: &SyncJob,
+    full: bool,
+    started: TimestampWithTimeZone,
+    clock: Instant,
+) -> Result<SyncReport> {
+    let source = open_source(&job.location, job.opts.version)?;
+    let plan = plan_columns(&source, &job.opts, &job.spec.primary_key)?;
+    let schema = evolve::diff(
+        &catalog::synced_columns(job.relid, job.spec.synced_columns.as_deref())?,
+        &plan,
+    );
+    let qualified = job.name.qualified();
+    let (display, table_id) = (job.location.display(), changes::table_id(&source));
+    let decision = decide(&Facts {
+        target: &qualified,
+        source: &display,
+        mode: job.mode,
+        on_gap: job.opts.on_gap,
+        state: job.spec.state,
+        synced_version: job.spec.synced_version,
+        synced_table_id: job.spec.delta_table_id.as_deref(),
+        version: source.version(),
+        table_id: &table_id,
+        schema_changed: !schema.is_empty(),
+        lossy: schema
+            .iter()
+            .filter(|c| !c.keeps_data())
+            .map(|c| c.describe())
+            .collect(),
+        full_refresh: full,
+    });
+    let run = Run::new(
+        &job.name,
+        &job.caller,
+        job.relid,
+        job.mode,
+        &job.opts,
+        (started, clock),
+        schema,
+        &plan,
+    );
+    execute::execute(&run, source, &plan, job.spec.synced_version, decision)
+}
+
+/// Opens the source off the backend's thread, answering cancel requests while it waits.
+fn open_source(location: &SourceLocation, version: Option<i64>) -> Result<DeltaSource> {
+    let loc = location.clone();
+    crate::offload::run(move || source::open(&loc, version))
+}
+
+fn now() -> TimestampWithTimeZone {
+    unsafe {
+        TimestampWithTimeZone::from_datum(pg_sys::Datum::from(pg_sys::GetCurrentTimestamp()), false)
+            .expect("current timestamp")
+    }
+}
+
+/// `drop_synced_table`: forget the spec; drop the table only when asked.
+pub fn drop(target: &str, drop_data: bool) -> Result<bool> {
+    let name = TargetName::for_existing(target)?;
+    crate::session::with_safe_search_path(|| drop_named(&name, drop_data))
+}
+
+fn drop_named(name: &TargetName, drop_data: bool) -> Result<bool> {
+    let qualified = name.qualified();
+    if !catalog::delete_spec(&qualified, &catalog::caller())? {
+        return Err(LakeError::NotSynced(qualified));
+    }
+    if drop_data && catalog::relation_oid(&qualified)?.is_some() {
+        Spi::run(&format!("DROP TABLE {qualified}"))
+            .map_err(|e| LakeError::Internal(format!("cannot drop {qualified}: {e}")))?;
+    }
+    Ok(true)
+}
