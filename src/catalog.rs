@@ -122,7 +122,7 @@ pub fn as_catalog_owner<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     .execute()
 }
 
-pub fn insert_spec(spec: &Spec, owner: &Caller) -> Result<()> {
+pub fn insert_spec(spec: &Spec, relid: pg_sys::Oid, owner: &Caller) -> Result<()> {
     let args: Vec<DatumWithOid> = vec![
         spec.target.clone().into(),
         spec.source.clone().into(),
@@ -130,11 +130,13 @@ pub fn insert_spec(spec: &Spec, owner: &Caller) -> Result<()> {
         spec.primary_key.clone().into(),
         JsonB(spec.options.clone()).into(),
         owner.name.clone().into(),
+        relid.into(),
     ];
     as_catalog_owner(|| {
         Spi::run_with_args(
-            "INSERT INTO lakesync.synced_tables (target, source, mode, primary_key, options, owner) \
-             VALUES ($1, $2, $3, NULLIF($4, '{}'::text[]), $5, $6)",
+            "INSERT INTO lakesync.synced_tables \
+             (target, source, mode, primary_key, options, owner, target_relid) \
+             VALUES ($1, $2, $3, NULLIF($4, '{}'::text[]), $5, $6, $7)",
             &args,
         )
         .map_err(spi_err)
@@ -249,6 +251,8 @@ pub struct SyncedState {
     pub started: pgrx::datum::TimestampWithTimeZone,
     /// The target columns the sync wrote.
     pub columns: Vec<String>,
+    /// The target table (its OID changes in a dump and restore).
+    pub relid: pg_sys::Oid,
 }
 
 pub enum RowCount {
@@ -266,7 +270,7 @@ fn mark_locked_synced(target: &str, s: &SyncedState) -> Result<()> {
         "UPDATE lakesync.synced_tables SET state = 'synced', synced_version = $2, \
          rows = coalesce($3, rows OPERATOR(pg_catalog.+) $6), \
          last_sync_started = $4, last_sync_finished = pg_catalog.clock_timestamp(), \
-         last_error = NULL, delta_table_id = $5, synced_columns = $7 \
+         last_error = NULL, delta_table_id = $5, synced_columns = $7, target_relid = $8 \
          WHERE target OPERATOR(pg_catalog.=) $1",
         &[
             target.into(),
@@ -284,6 +288,7 @@ fn mark_locked_synced(target: &str, s: &SyncedState) -> Result<()> {
             }
             .into(),
             s.columns.clone().into(),
+            s.relid.into(),
         ],
     )
     .map_err(spi_err)

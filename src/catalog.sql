@@ -18,7 +18,8 @@ CREATE TABLE lakesync.synced_tables (
     last_error         text,
     created_at         timestamptz NOT NULL DEFAULT now(),
     delta_table_id     text,
-    synced_columns     text[]
+    synced_columns     text[],
+    target_relid       oid
 );
 COMMENT ON TABLE lakesync.synced_tables IS 'One row per synced table: its spec and its sync state';
 COMMENT ON COLUMN lakesync.synced_tables.synced_columns IS
@@ -56,6 +57,28 @@ CREATE POLICY sync_runs_owner ON lakesync.sync_runs
 GRANT USAGE ON SCHEMA lakesync TO PUBLIC;
 GRANT SELECT ON lakesync.synced_tables TO PUBLIC;
 GRANT SELECT ON lakesync.sync_runs TO PUBLIC;
+
+-- A synced table's spec follows its table: ALTER TABLE … RENAME / SET SCHEMA and ALTER SCHEMA …
+-- RENAME rename the spec too. The spec is keyed by name (OIDs change in a dump and restore);
+-- target_relid, refreshed by every sync, says which table a rename moved. Only a spec whose old
+-- name no longer resolves is renamed, so a stale OID (after a restore) never moves one.
+CREATE FUNCTION lakesync.follow_renamed_tables() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE lakesync.synced_tables s
+       SET target = pg_catalog.format('%I.%I', n.nspname, c.relname)
+      FROM pg_catalog.pg_class c
+      JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+     WHERE c.oid OPERATOR(pg_catalog.=) s.target_relid
+       AND pg_catalog.to_regclass(s.target) IS NULL
+       AND EXISTS (SELECT FROM pg_catalog.pg_event_trigger_ddl_commands() d
+                    WHERE d.objid OPERATOR(pg_catalog.=) c.oid
+                       OR d.objid OPERATOR(pg_catalog.=) c.relnamespace);
+END
+$$;
+CREATE EVENT TRIGGER lakesync_follow_renamed_tables ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE', 'ALTER SCHEMA')
+    EXECUTE FUNCTION lakesync.follow_renamed_tables();
 
 -- pg_dump keeps the specs and history (the synced data itself is dumped as an ordinary table).
 SELECT pg_catalog.pg_extension_config_dump('lakesync.synced_tables', '');

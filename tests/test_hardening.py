@@ -371,3 +371,94 @@ def test_failed_full_refresh_keeps_needs_full_refresh(db):
     assert state == "needs_full_refresh" and "missing" in err
     assert db.execute("SELECT status FROM lakesync.sync_runs ORDER BY run_id DESC LIMIT 1"
                       ).fetchone() == ("failed",)
+
+
+# -- the job: a spec follows its table ------------------------------------------------------
+
+def test_spec_follows_rename_set_schema_and_schema_rename(db):
+    path = table_path()
+    write(path, [{"id": 1}], cdf=True)
+    db.execute("SELECT create_synced_table('t', %s, ARRAY['id'], 'triggered')", (path,))
+    db.execute("ALTER TABLE t RENAME TO t2")
+    assert db.execute("SELECT target FROM lakesync.synced_tables").fetchone() == ("public.t2",)
+    write(path, [{"id": 2}])
+    assert db.execute("SELECT target, rows_inserted FROM sync_now('t2')").fetchone() == (
+        "public.t2", 1)
+    db.execute("CREATE SCHEMA s1")
+    db.execute("ALTER TABLE t2 SET SCHEMA s1")
+    db.execute('ALTER SCHEMA s1 RENAME TO "Gold"')
+    assert db.execute("SELECT target FROM lakesync.synced_tables").fetchone() == ('"Gold".t2',)
+    write(path, [{"id": 3}])
+    assert db.execute("""SELECT rows_inserted FROM sync_now('"Gold".t2')""").fetchone() == (1,)
+    assert db.execute('SELECT id FROM "Gold".t2 ORDER BY id').fetchall() == [(1,), (2,), (3,)]
+    # Unrelated DDL leaves the spec alone.
+    db.execute("CREATE TABLE other (x int)")
+    db.execute("ALTER TABLE other RENAME TO other2")
+    assert db.execute("SELECT target FROM lakesync.synced_tables").fetchone() == ('"Gold".t2',)
+
+
+def test_dropped_target_is_a_clear_error(db):
+    path = table_path()
+    write(path, [{"id": 1}])
+    db.execute("SELECT create_synced_table('t', %s, ARRAY['id'])", (path,))
+    db.execute("DROP TABLE t")
+    state, msg, hint = error_of(db, "SELECT sync_now('t')")
+    assert state == "22023" and msg == 'the table of synced table "public.t" no longer exists'
+    assert "drop_synced_table('public.t')" in hint
+    assert db.execute("SELECT drop_synced_table('t')").fetchone() == (True,)
+
+
+def test_dump_restored_into_a_new_database_syncs_again(db, cluster):
+    import subprocess
+    path = table_path()
+    write(path, [{"id": 1}], cdf=True)
+    db.execute("SELECT create_synced_table('t', %s, ARRAY['id'], 'triggered')", (path,))
+    db.execute("CREATE TABLE filler (x int)")  # so OIDs differ in the new database
+    dump = subprocess.run(["pg_dump", "-Fc", "-d", db.dbname_], env=cluster.env(), check=True,
+                          capture_output=True).stdout
+    new = db.dbname_ + "_restored"
+    with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{new}"')
+    try:
+        subprocess.run(["pg_restore", "-d", new], input=dump, env=cluster.env(), check=True,
+                       capture_output=True)
+        with psycopg.connect(cluster.dsn(dbname=new), autocommit=True) as r:
+            assert r.execute("SELECT target, state, synced_version FROM lakesync.synced_tables"
+                             ).fetchall() == [("public.t", "synced", 0)]
+            write(path, [{"id": 2}])
+            assert r.execute("SELECT from_version, rows_inserted FROM sync_now('t')"
+                             ).fetchone() == (0, 1)
+            assert r.execute("SELECT id FROM t ORDER BY id").fetchall() == [(1,), (2,)]
+            assert r.execute("SELECT target_relid = 'public.t'::regclass "
+                             "FROM lakesync.synced_tables").fetchone() == (True,)
+    finally:
+        with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{new}" WITH (FORCE)')
+
+
+@pytest.mark.parametrize("isolation", ["REPEATABLE READ", "SERIALIZABLE"])
+def test_callers_in_repeatable_read_and_serializable(db, cluster, isolation):
+    path = table_path()
+    write(path, [{"id": 1}], cdf=True)
+    db.execute("SELECT create_synced_table('t', %s, ARRAY['id'], 'triggered')", (path,))
+    write(path, [{"id": 2}])
+    with psycopg.connect(cluster.dsn(dbname=db.dbname_)) as c:
+        c.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation}")
+        assert c.execute("SELECT count(*) FROM t").fetchone() == (1,)
+        assert c.execute("SELECT rows_inserted FROM sync_now('t')").fetchone() == (1,)
+        assert c.execute("SELECT count(*) FROM t").fetchone() == (2,)  # its own writes
+        c.commit()
+    # A second sync in a snapshot taken before another session synced: serialized on the spec
+    # row, it fails cleanly (never applies twice) and a retry finds nothing to do.
+    write(path, [{"id": 3}])
+    with psycopg.connect(cluster.dsn(dbname=db.dbname_)) as c:
+        c.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation}")
+        c.execute("SELECT count(*) FROM t")  # takes the snapshot
+        assert db.execute("SELECT rows_inserted FROM sync_now('t')").fetchone() == (1,)
+        with pytest.raises(psycopg.errors.SerializationFailure):
+            c.execute("SELECT sync_now('t')")
+        c.rollback()
+        assert c.execute("SELECT message FROM sync_now('t')").fetchone()[0].endswith(
+            "nothing to do")
+        c.commit()
+    assert db.execute("SELECT id FROM t ORDER BY id").fetchall() == [(1,), (2,), (3,)]

@@ -272,6 +272,10 @@ fn record_success(
     let version = source.version();
     let mut message = match change_source {
         ChangeSource::Snapshot => format!("synced Delta version {version}: {} rows", c.inserted),
+        // A retry after a failure at the synced version: the state is set right, nothing read.
+        _ if from_version == Some(version) => {
+            format!("already at Delta version {version}; nothing to do")
+        }
         _ => format!(
             "applied Delta versions {}..{version} from the change feed: {} inserted, {} updated, {} deleted",
             from_version.map(|v| v + 1).unwrap_or(0).min(version),
@@ -324,6 +328,7 @@ fn record_success(
             },
             started: run.started,
             columns: run.columns.clone(),
+            relid: run.relid,
         },
     )?;
     crate::debug::pause_point("commit");

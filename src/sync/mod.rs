@@ -98,6 +98,7 @@ fn create_named(
             delta_table_id: None,
             synced_columns: None,
         },
+        relid,
         &caller,
     )?;
     let run = Run::new(
