@@ -1,33 +1,49 @@
-//! Test hooks. Setting `lakesync.debug_pause` to `read`, `apply` or `commit` (optionally
+//! Test hooks. Setting `lakesync.debug_pause` to `open`, `read`, `apply` or `commit` (optionally
 //! `point:seconds`) makes a sync wait at that point, answering cancel and terminate, so the
 //! external tests can kill the backend exactly there or race another sync against it. Unset, a
-//! pause point costs one GUC lookup.
+//! pause point costs one read of the setting.
 
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys;
-use std::ffi::CStr;
+
+static DEBUG_PAUSE: GucSetting<Option<std::ffi::CString>> =
+    GucSetting::<Option<std::ffi::CString>>::new(None);
+
+/// Registers the setting (from `_PG_init`).
+pub fn register() {
+    GucRegistry::define_string_guc(
+        c"lakesync.debug_pause",
+        c"Test hook: makes syncs wait at a point (open, read, apply, commit[:seconds]).",
+        c"For tests that kill or race a sync at an exact point; empty (the default) for normal use.",
+        &DEBUG_PAUSE,
+        GucContext::Userset,
+        GucFlags::NO_SHOW_ALL,
+    );
+}
 
 /// How long a paused sync waits before it goes on by itself.
 const MAX_PAUSE_MS: u64 = 60_000;
 
-pub fn pause_point(point: &str) {
-    let wanted = unsafe {
-        let v = pg_sys::GetConfigOption(c"lakesync.debug_pause".as_ptr(), true, false);
-        if v.is_null() {
-            return;
-        }
-        CStr::from_ptr(v).to_string_lossy().into_owned()
-    };
+/// How long the setting asks a sync to wait at `point` (read in the backend, so that a thread
+/// of ours can be made to wait too: the `open` point delays the log read, as a slow store would).
+pub fn pause_at(point: &str) -> Option<u64> {
+    let wanted = DEBUG_PAUSE.get()?;
+    let wanted = wanted.to_string_lossy();
     let (at, ms) = match wanted.split_once(':') {
         Some((at, secs)) => (at, secs.parse::<u64>().map_or(MAX_PAUSE_MS, |s| s * 1000)),
-        None => (wanted.as_str(), MAX_PAUSE_MS),
+        None => (wanted.as_ref(), MAX_PAUSE_MS),
     };
-    if at != point {
+    (at == point).then_some(ms.min(MAX_PAUSE_MS))
+}
+
+pub fn pause_point(point: &str) {
+    let Some(ms) = pause_at(point) else {
         return;
-    }
+    };
     pgrx::log!("pg_lakesync: backend {} paused at \"{point}\"", unsafe {
         pg_sys::MyProcPid
     });
-    for _ in 0..ms.min(MAX_PAUSE_MS) / 10 {
+    for _ in 0..ms / 10 {
         pgrx::check_for_interrupts!();
         unsafe { pg_sys::pg_usleep(10_000) };
     }

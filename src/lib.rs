@@ -28,6 +28,11 @@ mod tests;
 
 extension_sql_file!("catalog.sql", name = "catalog", bootstrap);
 
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    debug::register();
+}
+
 /// Required by `cargo pgrx test`.
 #[cfg(test)]
 pub mod pg_test {

@@ -51,6 +51,14 @@ pub fn needs_full_refresh(e: &CaughtError) -> bool {
     crate::error::raised(r.sql_error_code(), r.message()).is_some_and(|e| e.needs_full_refresh())
 }
 
+/// The SQLSTATE of a caught error.
+pub fn sqlstate(e: &CaughtError) -> pgrx::PgSqlErrorCode {
+    match e {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r.sql_error_code(),
+        CaughtError::RustPanic { ereport, .. } => ereport.sql_error_code(),
+    }
+}
+
 /// The message of a caught error, for the run record.
 pub fn message(e: &CaughtError) -> String {
     match e {

@@ -462,3 +462,39 @@ def test_callers_in_repeatable_read_and_serializable(db, cluster, isolation):
             "nothing to do")
         c.commit()
     assert db.execute("SELECT id FROM t ORDER BY id").fetchall() == [(1,), (2,), (3,)]
+
+
+# -- cancel at every stage ------------------------------------------------------------------
+
+@pytest.mark.parametrize("point", ["open", "read", "apply"])
+def test_cancel_while_the_log_opens_reads_or_applies(db, cluster, point):
+    import threading
+    import time
+    path = table_path()
+    write(path, [{"id": i} for i in range(100)], cdf=True)
+    db.execute("SELECT create_synced_table('t', %s, ARRAY['id'], 'triggered')", (path,))
+    write(path, [{"id": i} for i in range(100, 200)])
+    pid = db.execute("SELECT pg_backend_pid()").fetchone()[0]
+    db.execute(f"SET lakesync.debug_pause = '{point}:30'")
+    result = {}
+
+    def run():
+        try:
+            db.execute("SELECT sync_now('t')")
+        except psycopg.Error as e:
+            result["state"], result["at"] = e.diag.sqlstate, time.time()
+
+    t = threading.Thread(target=run)
+    t.start()
+    with psycopg.connect(cluster.dsn(dbname=db.dbname_), autocommit=True) as c:
+        # Wait until the backend is inside the sync (the pause holds it there).
+        time.sleep(1.0)
+        sent = time.time()
+        c.execute("SELECT pg_cancel_backend(%s)", (pid,))
+        t.join(30)
+    assert result.get("state") == "57014", result
+    assert result["at"] - sent < 10.0  # generous: a loaded machine; usually well under 1 s
+    db.execute("RESET lakesync.debug_pause")
+    assert db.execute("SELECT count(*), max(id) FROM t").fetchone() == (100, 99)
+    assert db.execute("SELECT synced_version FROM lakesync.synced_tables").fetchone() == (0,)
+    assert db.execute("SELECT rows_inserted FROM sync_now('t')").fetchone() == (100,)

@@ -211,13 +211,15 @@ fn check_duplicates(
         .map(|k| format!("{k}::text"))
         .collect::<Vec<_>>()
         .join(", ");
-    let dup = Spi::get_one::<String>(&format!(
-        "SELECT (SELECT format('(%s)=(%s)', {names_lit}, concat_ws(', ', {values})) FROM {STAGE} \
-         WHERE {change_type} IN ('insert', 'update_postimage') \
-         GROUP BY {key}, {version} HAVING count(*) > 1 LIMIT 1)",
-        names_lit = quote_literal(&names),
-        key = sql.key_list(""),
-    ))
+    let dup = Spi::get_one_with_args::<String>(
+        &format!(
+            "SELECT (SELECT format('(%s)=(%s)', $1::text, concat_ws(', ', {values})) FROM {STAGE} \
+             WHERE {change_type} IN ('insert', 'update_postimage') \
+             GROUP BY {key}, {version} HAVING count(*) > 1 LIMIT 1)",
+            key = sql.key_list(""),
+        ),
+        &[names.as_str().into()],
+    )
     .map_err(|e| LakeError::Internal(format!("checking for duplicate keys: {e}")))?;
     match dup {
         Some(key) => Err(LakeError::DuplicateKey {
@@ -226,10 +228,6 @@ fn check_duplicates(
         }),
         None => Ok(()),
     }
-}
-
-fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 fn spi(sql: &str) -> Result<u64> {

@@ -7,7 +7,7 @@ use crate::source::scan::{Chunk, Next, ScanStream};
 use crate::types::encode::EncodeStats;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use pgrx::{PgRelation, PgSqlErrorCode, PgTryBuilder};
+use pgrx::{PgRelation, PgSqlErrorCode};
 use std::cell::RefCell;
 use std::ffi::CString;
 use std::time::Duration;
@@ -154,16 +154,24 @@ pub fn copy_from_stream(
     let _guard = FeedGuard;
     // Named before the COPY: after a caught ERROR, nothing may touch the catalogs.
     let table = relation_name(relid);
-    let processed = crate::session::with_utf8_client_encoding(|| {
-        PgTryBuilder::new(|| Ok(unsafe { begin_and_copy(relid, columns) }))
-            .catch_when(PgSqlErrorCode::ERRCODE_UNTRANSLATABLE_CHARACTER, |e| {
-                Err(LakeError::Untranslatable {
-                    table: table.clone(),
-                    detail: crate::subxact::message(&e),
-                })
-            })
-            .execute()
+    // In a subtransaction, so that a caught ERROR is rolled back before anything else runs.
+    let copied = crate::session::with_utf8_client_encoding(|| {
+        Ok(crate::subxact::run(true, || {
+            Ok(unsafe { begin_and_copy(relid, columns) })
+        }))
     })?;
+    let processed = match copied {
+        Ok(n) => n?,
+        Err(e)
+            if crate::subxact::sqlstate(&e) == PgSqlErrorCode::ERRCODE_UNTRANSLATABLE_CHARACTER =>
+        {
+            return Err(LakeError::Untranslatable {
+                table,
+                detail: crate::subxact::message(&e),
+            })
+        }
+        Err(e) => e.rethrow(),
+    };
     let stats = FEED
         .with(|f| f.borrow_mut().last_mut().and_then(|feed| feed.stats.take()))
         .ok_or_else(|| LakeError::Internal("COPY finished before the scan did".into()))?;

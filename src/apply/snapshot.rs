@@ -11,7 +11,7 @@ use crate::plan::target::{quote_ident, TargetName};
 use crate::plan::ColumnsPlan;
 use crate::source::scan::ScanStream;
 use pgrx::prelude::*;
-use pgrx::{PgSqlErrorCode, PgTryBuilder};
+use pgrx::PgSqlErrorCode;
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LoadResult {
@@ -85,14 +85,13 @@ fn spi_count(sql: &str) -> Result<u64> {
 }
 
 /// A unique violation while loading or indexing means the source repeats a key: say so in our
-/// words, naming the key, with the hint that fixes it.
-pub fn catching_duplicates<T>(
-    target: &TargetName,
-    f: impl FnOnce() -> Result<T> + std::panic::UnwindSafe,
-) -> Result<T> {
+/// words, naming the key, with the hint that fixes it. The work runs in a subtransaction, so
+/// the caught ERROR is rolled back before anything else runs.
+pub fn catching_duplicates<T>(target: &TargetName, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let target_name = target.qualified();
-    PgTryBuilder::new(f)
-        .catch_when(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, |e| {
+    match crate::subxact::run(true, f) {
+        Ok(r) => r,
+        Err(e) if crate::subxact::sqlstate(&e) == PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION => {
             let detail = match &e {
                 pgrx::pg_sys::panic::CaughtError::PostgresError(r)
                 | pgrx::pg_sys::panic::CaughtError::ErrorReport(r) => {
@@ -110,9 +109,10 @@ pub fn catching_duplicates<T>(
                 .unwrap_or(&detail)
                 .to_string();
             Err(LakeError::DuplicateKey {
-                target: target_name.clone(),
+                target: target_name,
                 key,
             })
-        })
-        .execute()
+        }
+        Err(e) => e.rethrow(),
+    }
 }

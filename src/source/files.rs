@@ -203,42 +203,45 @@ fn read_files(
     let root = snapshot.table_root().clone();
     let physical = scan.physical_schema().clone();
     let logical = scan.logical_schema().clone();
-    let batches = found.1.into_iter().flat_map(move |file| {
-        let read = (|| -> DeltaResult<Vec<DeltaResult<Box<dyn EngineData>>>> {
+    // One file at a time, one batch at a time: nothing of a file is held beyond the batch the
+    // COPY is taking, however large the file.
+    let batches = found.1.into_iter().flat_map(move |file| -> Batches {
+        let opened = (|| {
             let keep = file.dv_info.get_selection_vector(engine.as_ref(), &root)?;
             let meta = FileMeta {
                 last_modified: 0,
                 size: file.size as u64,
                 location: root.join(&file.path)?,
             };
-            let mut offset = 0usize;
-            let mut out = Vec::new();
-            for data in
+            let data =
                 engine
                     .parquet_handler()
-                    .read_parquet_files(&[meta], physical.clone(), None)?
-            {
-                let data = transform_to_logical(
-                    engine.as_ref(),
-                    data?,
-                    &physical,
-                    &logical,
-                    file.transform.clone(),
-                )?;
-                let batch = ArrowEngineData::try_from_engine_data(data)?
-                    .record_batch()
-                    .clone();
-                let rows = batch.num_rows();
-                let batch = select(batch, keep.as_deref(), offset)?;
-                offset += rows;
-                out.push(Ok(tag(batch, change_type, order)?));
-            }
-            Ok(out)
+                    .read_parquet_files(&[meta], physical.clone(), None)?;
+            DeltaResult::Ok((keep, data))
         })();
-        match read {
+        let (keep, data) = match opened {
             Ok(v) => v,
-            Err(e) => vec![Err(e)],
-        }
+            Err(e) => return Box::new(std::iter::once(Err(e))),
+        };
+        let (engine, physical, logical) = (engine.clone(), physical.clone(), logical.clone());
+        let transform = file.transform.clone();
+        let mut offset = 0usize;
+        Box::new(data.map(move |data| {
+            let data = transform_to_logical(
+                engine.as_ref(),
+                data?,
+                &physical,
+                &logical,
+                transform.clone(),
+            )?;
+            let batch = ArrowEngineData::try_from_engine_data(data)?
+                .record_batch()
+                .clone();
+            let rows = batch.num_rows();
+            let batch = select(batch, keep.as_deref(), offset)?;
+            offset += rows;
+            tag(batch, change_type, order)
+        }))
     });
     Ok(Box::new(batches))
 }

@@ -228,7 +228,13 @@ fn sync_job(
 /// Opens the source off the backend's thread, answering cancel requests while it waits.
 fn open_source(location: &SourceLocation, version: Option<i64>) -> Result<DeltaSource> {
     let loc = location.clone();
-    crate::offload::run(move || source::open(&loc, version))
+    let delay = crate::debug::pause_at("open");
+    crate::offload::run(move || {
+        if let Some(ms) = delay {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+        source::open(&loc, version)
+    })
 }
 
 fn now() -> TimestampWithTimeZone {
