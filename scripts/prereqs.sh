@@ -17,6 +17,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+# The test command checks formatting and lints.
+cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+
 if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
   echo "prereqs: cargo install cargo-pgrx $PGRX_VERSION (takes a few minutes)"
   cargo install --locked cargo-pgrx --version "=$PGRX_VERSION"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test layer of pg_lakesync. This is the README's test command and what CI runs.
-#   1. #[pg_test] units inside a Postgres backend (cargo pgrx test)
+#   0. formatting and clippy lints, as errors
+#   1. #[pg_test] units inside a Postgres backend, and pure unit tests (cargo pgrx test)
 #   2. pg_test/sql scripts against expected psql output, and
 #   3. the external suite in tests/ against a throwaway cluster (pytest).
 set -euo pipefail
@@ -8,8 +9,9 @@ cd "$(dirname "$0")/.."
 
 bash scripts/prereqs.sh
 
-echo "== formatting (cargo fmt --check)"
+echo "== formatting and lints (cargo fmt --check, cargo clippy -D warnings)"
 cargo fmt --check
+cargo clippy --all-targets -- -D warnings
 
 echo "== layer 1: in-backend unit tests (cargo pgrx test)"
 pgdata_parent=$(mktemp -d /tmp/lakesync-pgrx-XXXXXX)

@@ -7,6 +7,7 @@ use pgrx::datum::Interval;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 
+#[allow(clippy::type_complexity)]
 fn row(
     r: SyncReport,
 ) -> TableIterator<
@@ -47,6 +48,7 @@ fn row(
 
 /// Creates `target` from the Delta table at `source`, records the spec and runs the first sync.
 #[pg_extern(volatile, parallel_unsafe)]
+#[allow(clippy::type_complexity)] // the row type is spelled out for the SQL signature
 fn create_synced_table(
     target: &str,
     source: &str,
@@ -84,6 +86,7 @@ fn create_synced_table(
 /// Syncs `target` now, in this backend and transaction. A dry run reports what the sync would
 /// do and changes nothing.
 #[pg_extern(volatile, parallel_unsafe)]
+#[allow(clippy::type_complexity)]
 fn sync_now(
     target: &str,
     dry_run: default!(bool, "false"),
@@ -111,6 +114,7 @@ fn sync_now(
 /// Rebuilds `target` from the latest Delta version in one transaction (readers see the old
 /// contents or the new); the way out of state needs_full_refresh.
 #[pg_extern(volatile, parallel_unsafe)]
+#[allow(clippy::type_complexity)]
 fn full_refresh(
     target: &str,
 ) -> TableIterator<

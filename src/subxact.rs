@@ -8,6 +8,7 @@ use pgrx::PgTryBuilder;
 
 /// Runs `f` in a subtransaction: kept when it returns Ok and `keep` is set, rolled back when it
 /// returns Err or raises (the raised error is handed back, to be rethrown), or when not `keep`.
+#[allow(clippy::result_large_err)] // pgrx's CaughtError, handed back as is to be rethrown
 pub fn run<T>(
     keep: bool,
     f: impl FnOnce() -> Result<T>,
