@@ -498,3 +498,22 @@ def test_cancel_while_the_log_opens_reads_or_applies(db, cluster, point):
     assert db.execute("SELECT count(*), max(id) FROM t").fetchone() == (100, 99)
     assert db.execute("SELECT synced_version FROM lakesync.synced_tables").fetchone() == (0,)
     assert db.execute("SELECT rows_inserted FROM sync_now('t')").fetchone() == (100,)
+
+
+def test_a_sync_inside_a_trigger_of_a_syncing_table(db):
+    """A trigger on a synced table may itself run a sync: the COPY feeds nest."""
+    p1, p2 = table_path("one"), table_path("two")
+    write(p1, [{"id": 1}])
+    write(p2, [{"id": 10}])
+    db.execute("SELECT create_synced_table('t1', %s, ARRAY['id'])", (p1,))
+    db.execute("SELECT create_synced_table('t2', %s, ARRAY['id'])", (p2,))
+    # Syncs run with search_path = pg_catalog, pg_temp: the trigger qualifies what it calls.
+    db.execute("""CREATE FUNCTION public.also_sync() RETURNS trigger LANGUAGE plpgsql AS $$
+                  BEGIN PERFORM public.sync_now('public.t2'); RETURN NEW; END $$""")
+    db.execute("CREATE TRIGGER also BEFORE INSERT ON t1 FOR EACH ROW "
+               "EXECUTE FUNCTION public.also_sync()")
+    write(p1, [{"id": 2}])
+    write(p2, [{"id": 20}])
+    assert db.execute("SELECT rows_loaded FROM sync_now('t1')").fetchone() == (2,)
+    assert db.execute("SELECT id FROM t1 ORDER BY id").fetchall() == [(1,), (2,)]
+    assert db.execute("SELECT id FROM t2 ORDER BY id").fetchall() == [(10,), (20,)]
