@@ -2,7 +2,8 @@
 //!
 //! The backend pulls ~1 MiB chunks through a bounded channel, so memory stays bounded whatever
 //! the table's size, and decoding overlaps with the backend's inserts on the second core.
-//! Dropping the `ScanStream` (end of sync, error or cancel) stops the thread at its next send.
+//! Dropping the `ScanStream` (end of sync, error or cancel) stops the thread before its next
+//! batch: it raises a flag the thread checks between batches (and at every send).
 
 use super::{classify, runtime, DeltaSource};
 use crate::error::{LakeError, Result};
@@ -10,7 +11,9 @@ use crate::options::NullBytes;
 use crate::types::encode::{ColumnPlan, EncodeStats, RowEncoder, COPY_HEADER, COPY_TRAILER};
 use delta_kernel::engine::arrow_data::ArrowEngineData;
 use delta_kernel::EngineData;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
 use std::time::Duration;
 
 const CHUNK_BYTES: usize = 1 << 20;
@@ -24,6 +27,13 @@ pub enum Chunk {
 
 pub struct ScanStream {
     rx: Receiver<Chunk>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl Drop for ScanStream {
+    fn drop(&mut self) {
+        self.stopped.store(true, Ordering::Relaxed);
+    }
 }
 
 pub enum Next {
@@ -89,17 +99,35 @@ where
     E: Fn(&DeltaSource, delta_kernel::Error) -> LakeError + Send + 'static,
 {
     let (tx, rx) = sync_channel(CHUNKS_IN_FLIGHT);
+    let stopped = Arc::new(AtomicBool::new(false));
+    let stop = stopped.clone();
     std::thread::Builder::new()
         .name("lakesync-scan".into())
         .spawn(move || {
             let fail_tx = tx.clone();
-            let produced = produce(&source, &columns, &key, null_bytes, batches, &on_error, &tx);
+            let out = Out { tx: &tx, stop };
+            let produced = produce(
+                &source, &columns, &key, null_bytes, batches, &on_error, &out,
+            );
             if let Err(e) = produced {
                 let _ = fail_tx.send(Chunk::Failed(e));
             }
         })
         .expect("cannot start the pg_lakesync scan thread");
-    ScanStream { rx }
+    ScanStream { rx, stopped }
+}
+
+/// Where the scan thread sends its chunks, and the flag the backend raises when it stops
+/// listening.
+struct Out<'a> {
+    tx: &'a SyncSender<Chunk>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Out<'_> {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
 }
 
 fn produce<F, E>(
@@ -109,7 +137,7 @@ fn produce<F, E>(
     null_bytes: NullBytes,
     batches: F,
     on_error: &E,
-    tx: &SyncSender<Chunk>,
+    out: &Out,
 ) -> Result<()>
 where
     F: FnOnce(&DeltaSource, &[&str]) -> delta_kernel::DeltaResult<Batches>,
@@ -127,6 +155,9 @@ where
     buf.extend_from_slice(COPY_HEADER);
     let batches = batches(source, &names).map_err(|e| on_error(source, e))?;
     for data in batches {
+        if out.stopped() {
+            return Ok(()); // the backend stopped listening: cancelled or failed
+        }
         let data = data.map_err(|e| on_error(source, e))?;
         let batch = ArrowEngineData::try_from_engine_data(data).map_err(|e| on_error(source, e))?;
         encoder
@@ -141,14 +172,14 @@ where
         if buf.len() >= CHUNK_BYTES {
             let full =
                 std::mem::replace(&mut buf, Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 4));
-            if tx.send(Chunk::Data(full)).is_err() {
+            if out.tx.send(Chunk::Data(full)).is_err() {
                 return Ok(()); // the backend stopped listening: cancelled or failed
             }
         }
     }
     buf.extend_from_slice(COPY_TRAILER);
-    if tx.send(Chunk::Data(buf)).is_ok() {
-        let _ = tx.send(Chunk::Done(stats));
+    if out.tx.send(Chunk::Data(buf)).is_ok() {
+        let _ = out.tx.send(Chunk::Done(stats));
     }
     Ok(())
 }
