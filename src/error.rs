@@ -49,8 +49,15 @@ pub enum LakeError {
         key: String,
         detail: String,
     },
-    /// A string the database's encoding cannot hold (a non-UTF8 database).
+    /// A string the database's encoding cannot hold (a non-UTF8 database), found by COPY.
     Untranslatable { table: String, detail: String },
+    /// The same, found by our encoder: which value holds which character.
+    Unrepresentable {
+        column: String,
+        key: String,
+        character: char,
+        encoding: String,
+    },
     /// The caller may not read server files or change this synced table.
     Permission {
         message: String,
@@ -113,7 +120,9 @@ impl LakeError {
             LakeError::NullByte { .. } => ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
             LakeError::OutOfRange { .. } => ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
             LakeError::Permission { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
-            LakeError::Untranslatable { .. } => ERRCODE_UNTRANSLATABLE_CHARACTER,
+            LakeError::Untranslatable { .. } | LakeError::Unrepresentable { .. } => {
+                ERRCODE_UNTRANSLATABLE_CHARACTER
+            }
             LakeError::Gap { .. } | LakeError::SchemaChanged { .. } => {
                 ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
@@ -151,7 +160,7 @@ impl LakeError {
                 "Run full_refresh('{target}') to rebuild the table with the new schema; it \
                  holds an exclusive lock on the table while it runs."
             )),
-            LakeError::Untranslatable { .. } => Some(
+            LakeError::Untranslatable { .. } | LakeError::Unrepresentable { .. } => Some(
                 "Delta strings are Unicode; this database's encoding cannot hold every character. \
                  Sync into a database created with ENCODING 'UTF8', or leave the column out with \
                  option \"columns\"."
@@ -170,9 +179,13 @@ impl LakeError {
     /// [`raised`]) so that code catching the ERROR can tell which of ours it was by its variant.
     pub fn raise(&self) -> ! {
         RAISED.with(|r| *r.borrow_mut() = Some(self.clone()));
-        let mut report = ErrorReport::new(self.sqlstate(), self.to_string(), "pg_lakesync");
+        let mut report = ErrorReport::new(
+            self.sqlstate(),
+            for_server(&self.to_string()),
+            "pg_lakesync",
+        );
         if let Some(h) = self.hint() {
-            report = report.set_hint(h);
+            report = report.set_hint(for_server(&h));
         }
         report.report(PgLogLevel::ERROR);
         unreachable!("ERROR returned")
@@ -224,6 +237,16 @@ impl fmt::Display for LakeError {
                 write!(f, "value of column \"{column}\" in the row with key {key} is out of range: {detail}")
             }
             LakeError::Permission { message, .. } => write!(f, "{message}"),
+            LakeError::Unrepresentable {
+                column,
+                key,
+                character,
+                encoding,
+            } => write!(
+                f,
+                "column \"{column}\" of the row with key {key} holds character U+{:04X}, which database encoding \"{encoding}\" cannot store",
+                *character as u32
+            ),
             LakeError::Untranslatable { table, detail } => write!(
                 f,
                 "a string synced into \"{table}\" cannot be stored in the database's encoding: {detail}"
@@ -250,9 +273,31 @@ pub fn raised(code: PgSqlErrorCode, message: &str) -> Option<LakeError> {
     RAISED.with(|r| {
         r.borrow()
             .as_ref()
-            .filter(|e| e.sqlstate() == code && e.to_string() == message)
+            .filter(|e| e.sqlstate() == code && for_server(&e.to_string()) == message)
             .cloned()
     })
+}
+
+/// Text of ours (UTF-8) as the database can take it: as is in a UTF8 (or SQL_ASCII) database;
+/// elsewhere non-ASCII characters are written as `\u{e9}`, since Postgres would read our UTF-8
+/// bytes as its own encoding and show mojibake. Backend only.
+pub fn for_server(s: &str) -> String {
+    let enc = unsafe { pgrx::pg_sys::GetDatabaseEncoding() };
+    if s.is_ascii()
+        || enc == pgrx::pg_sys::pg_enc::PG_UTF8 as i32
+        || enc == pgrx::pg_sys::pg_enc::PG_SQL_ASCII as i32
+    {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_ascii() {
+                c.to_string()
+            } else {
+                c.escape_unicode().to_string()
+            }
+        })
+        .collect()
 }
 
 /// Raises the error of a failed step; used by the SQL wrappers.

@@ -86,19 +86,24 @@ def latin1_db(cluster):
 
 def test_non_utf8_database_converts_or_fails_clearly(latin1_db):
     path = table_path()
-    write(path, [{"id": 1, "t": "caf\u00e9"}])
+    write(path, [{"id": 1, "t": "caf\u00e9", "s": {"a": "\u00e9"}}])
     latin1_db.execute("SET client_encoding = 'UTF8'")
     latin1_db.execute("SELECT create_synced_table('t', %s, ARRAY['id'])", (path,))
-    assert latin1_db.execute("SELECT t, octet_length(t) FROM t").fetchall() == [
-        ("caf\u00e9", 4)]  # stored as one Latin-1 byte, not as mojibake
-    write(path, [{"id": 2, "t": TEXT}])
-    with pytest.raises(psycopg.Error) as e:
-        latin1_db.execute("SELECT sync_now('t')")
-    d = e.value.diag
-    assert d.sqlstate == "22P05", d.message_primary
-    assert '"public.t"' in d.message_primary and '"LATIN1"' in d.message_primary, d.message_primary
-    assert "UTF8" in d.message_hint
-    assert latin1_db.execute("SELECT count(*) FROM t").fetchone() == (1,)
+    assert latin1_db.execute("SELECT t, octet_length(t), s FROM t").fetchall() == [
+        ("caf\u00e9", 4, {"a": "\u00e9"})]  # stored as one Latin-1 byte, not as mojibake
+    for row, column in [({"id": 2, "t": TEXT, "s": {"a": "x"}}, "t"),
+                        ({"id": 2, "t": "x", "s": {"a": TEXT}}, "s")]:
+        write(path, [row])
+        with pytest.raises(psycopg.Error) as e:
+            latin1_db.execute("SELECT sync_now('t')")
+        d = e.value.diag
+        assert d.sqlstate == "22P05", d.message_primary
+        assert d.message_primary == (
+            f'column "{column}" of the row with key (id)=(2) holds character U+65E5, '
+            'which database encoding "LATIN1" cannot store')
+        assert "UTF8" in d.message_hint
+        assert latin1_db.execute("SELECT count(*) FROM t").fetchone() == (1,)
+        write(path, [{"id": 1, "t": "caf\u00e9", "s": {"a": "\u00e9"}}], mode="overwrite")
 
 
 # -- 2. writes are checked as COPY FROM checks them; the catalog is written by functions only

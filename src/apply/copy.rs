@@ -162,6 +162,8 @@ pub fn copy_from_stream(
     })?;
     let processed = match copied {
         Ok(n) => n?,
+        // Ours, raised by the feed (a value the encoder refused): as it was.
+        Err(e) if ours(&e).is_some() => return Err(ours(&e).unwrap()),
         Err(e)
             if crate::subxact::sqlstate(&e) == PgSqlErrorCode::ERRCODE_UNTRANSLATABLE_CHARACTER =>
         {
@@ -176,6 +178,10 @@ pub fn copy_from_stream(
         .with(|f| f.borrow_mut().last_mut().and_then(|feed| feed.stats.take()))
         .ok_or_else(|| LakeError::Internal("COPY finished before the scan did".into()))?;
     Ok((processed, stats))
+}
+
+fn ours(e: &pgrx::pg_sys::panic::CaughtError) -> Option<LakeError> {
+    crate::error::raised(crate::subxact::sqlstate(e), &crate::subxact::message(e))
 }
 
 fn relation_name(relid: pg_sys::Oid) -> String {

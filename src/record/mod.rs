@@ -36,7 +36,7 @@ pub fn insert_run(r: &RunRecord) -> Result<i64> {
         r.skipped.into(),
         r.change_source.clone().into(),
         (if r.succeeded { "succeeded" } else { "failed" }).into(),
-        r.message.clone().into(),
+        r.message.as_deref().map(crate::error::for_server).into(),
         r.owner.clone().into(),
     ];
     crate::catalog::as_catalog_owner(|| {
@@ -75,7 +75,7 @@ pub fn mark_failed(
                  FOR UPDATE SKIP LOCKED)",
             &[
                 target.into(),
-                message.into(),
+                crate::error::for_server(message).into(),
                 started.into(),
                 state.into(),
                 owner.into(),

@@ -99,13 +99,19 @@ where
     E: Fn(&DeltaSource, delta_kernel::Error) -> LakeError + Send + 'static,
 {
     let (tx, rx) = sync_channel(CHUNKS_IN_FLIGHT);
+    // Looked up here, in the backend: the scan thread cannot ask Postgres.
+    let repertoire = crate::types::repertoire::for_database();
     let stopped = Arc::new(AtomicBool::new(false));
     let stop = stopped.clone();
     std::thread::Builder::new()
         .name("lakesync-scan".into())
         .spawn(move || {
             let fail_tx = tx.clone();
-            let out = Out { tx: &tx, stop };
+            let out = Out {
+                tx: &tx,
+                stop,
+                repertoire,
+            };
             let produced = produce(
                 &source, &columns, &key, null_bytes, batches, &on_error, &out,
             );
@@ -122,6 +128,7 @@ where
 struct Out<'a> {
     tx: &'a SyncSender<Chunk>,
     stop: Arc<AtomicBool>,
+    repertoire: Option<Arc<crate::types::repertoire::Repertoire>>,
 }
 
 impl Out<'_> {
@@ -149,6 +156,7 @@ where
         columns,
         key,
         null_bytes,
+        repertoire: out.repertoire.as_deref(),
     };
     let mut stats = EncodeStats::default();
     let mut buf = Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 4);

@@ -182,6 +182,9 @@ fn apply_changes(
             apply::changes::apply(run.target, &plan_of_step, parts)
         });
         let applied = match applied {
+            Ok(Err(e)) if run.opts.on_gap == OnGap::FullRefresh && e.needs_full_refresh() => {
+                return reload(&e.to_string());
+            }
             Ok(r) => r?,
             Err(caught)
                 if run.opts.on_gap == OnGap::FullRefresh

@@ -5,6 +5,7 @@
 
 use super::json::{binary_value, string_value, JsonError, JsonWriter};
 use super::numeric::write_numeric;
+use super::repertoire::Repertoire;
 use super::temporal::{pg_date, pg_timestamp};
 use super::PgType;
 use crate::error::{LakeError, Result};
@@ -41,6 +42,8 @@ pub struct RowEncoder<'a> {
     /// Positions in `columns` of the primary key columns.
     pub key: &'a [usize],
     pub null_bytes: NullBytes,
+    /// The characters the database can store, when it cannot store them all.
+    pub repertoire: Option<&'a Repertoire>,
 }
 
 enum Col<'a> {
@@ -88,6 +91,7 @@ impl<'a> RowEncoder<'a> {
         let ncols = (self.columns.len() as i16).to_be_bytes();
         let json = JsonWriter {
             null_bytes: self.null_bytes,
+            repertoire: self.repertoire,
         };
         out.reserve(batch.num_rows() * 16 * self.columns.len());
         'rows: for row in 0..batch.num_rows() {
@@ -143,6 +147,9 @@ impl<'a> RowEncoder<'a> {
             }
             Col::Text(a) => {
                 let s = string_value(*a, row).unwrap_or_default();
+                if let Some(c) = self.repertoire.and_then(|r| r.first_missing(s)) {
+                    return Err(FieldError::Unrepresentable(c));
+                }
                 if s.as_bytes().contains(&0) {
                     match self.null_bytes {
                         NullBytes::Error => return Err(FieldError::NullByte),
@@ -162,6 +169,7 @@ impl<'a> RowEncoder<'a> {
                 json.write(out, *a, row, dt).map_err(|e| match e {
                     JsonError::NullByte => FieldError::NullByte,
                     JsonError::Invalid(m) => FieldError::Invalid(m),
+                    JsonError::Unrepresentable(c) => FieldError::Unrepresentable(c),
                 })?;
                 end_var(out, at);
             }
@@ -174,6 +182,15 @@ impl<'a> RowEncoder<'a> {
         let key = self.key_text(row, arrays);
         match e {
             FieldError::NullByte => LakeError::NullByte { column, key },
+            FieldError::Unrepresentable(character) => LakeError::Unrepresentable {
+                column,
+                key,
+                character,
+                encoding: self
+                    .repertoire
+                    .map(|r| r.encoding.clone())
+                    .unwrap_or_default(),
+            },
             FieldError::Range(detail) => LakeError::OutOfRange {
                 column,
                 key,
@@ -214,6 +231,7 @@ enum FieldError {
     NullByte,
     Range(String),
     Invalid(String),
+    Unrepresentable(char),
 }
 
 fn fixed(out: &mut Vec<u8>, bytes: &[u8]) {

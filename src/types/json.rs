@@ -21,13 +21,16 @@ use std::fmt::Write as _;
 pub enum JsonError {
     NullByte,
     Invalid(String),
+    /// A character the database's encoding cannot hold.
+    Unrepresentable(char),
 }
 
-pub struct JsonWriter {
+pub struct JsonWriter<'a> {
     pub null_bytes: NullBytes,
+    pub repertoire: Option<&'a super::repertoire::Repertoire>,
 }
 
-impl JsonWriter {
+impl JsonWriter<'_> {
     pub fn write(
         &self,
         out: &mut Vec<u8>,
@@ -247,6 +250,9 @@ impl JsonWriter {
 
     /// A JSON string literal; jsonb cannot hold \u0000, so NUL follows the null_bytes option.
     pub fn write_str(&self, out: &mut Vec<u8>, s: &str) -> Result<(), JsonError> {
+        if let Some(c) = self.repertoire.and_then(|r| r.first_missing(s)) {
+            return Err(JsonError::Unrepresentable(c));
+        }
         out.push(b'"');
         for c in s.chars() {
             match c {

@@ -22,6 +22,7 @@
 pub mod encode;
 pub mod json;
 pub mod numeric;
+pub mod repertoire;
 pub mod temporal;
 
 use crate::error::{LakeError, Result};
