@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every benchmark in one command; results go to stdout and target/bench/<time>.md.
-#   bash bench/run.sh           W1 (1 M and 10 M rows), W2 (10 M rows at 1/10/50 % churn), W4
+#   bash bench/run.sh           W1 (1 M and 10 M rows), W2 (10 M rows at 1/10/50 % churn), W4,
+#                               and files-mode memory (one new 1 M-row file)
 #   bash bench/run.sh --quick   the same at 1 M rows (a few minutes)
 #   add --perf                  one run of each path under perf (CPU and page-fault profiles,
 #                               target/bench/<time>-perf/); timings from profiled runs are skewed
@@ -29,5 +30,6 @@ out="target/bench/$stamp.md"
   echo "# pg_lakesync benchmarks, $(date -u +%F), $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB"
   python3 bench/snapshot_bench.py --rows "$rows" --runs "$runs" "${perf[@]}"
   python3 bench/changes_bench.py --rows "$changes_rows" --churn 0.01,0.1,0.5 --runs "$runs" "${perf[@]}"
+  python3 bench/files_memory.py --rows 1000000 --runs "$runs"
 } 2>&1 | tee "$out"
 echo "results: $out"
