@@ -60,6 +60,11 @@ pub struct Spec {
     pub delta_table_id: Option<String>,
     /// The target columns syncs write (None: every column but generated ones).
     pub synced_columns: Option<Vec<String>>,
+    /// The role the spec belongs to: its runs and failures are recorded as this role's, even
+    /// when a superuser syncs it.
+    pub owner: String,
+    /// The table the spec's target named at its last sync (a rename follows it).
+    pub target_relid: Option<pg_sys::Oid>,
 }
 
 fn spi_err(e: pgrx::spi::Error) -> LakeError {
@@ -136,7 +141,7 @@ pub fn insert_spec(spec: &Spec, relid: pg_sys::Oid, owner: &Caller) -> Result<()
         Spi::run_with_args(
             "INSERT INTO lakesync.synced_tables \
              (target, source, mode, primary_key, options, owner, target_relid) \
-             VALUES ($1, $2, $3, NULLIF($4, '{}'::text[]), $5, $6, $7)",
+             VALUES ($1, $2, $3, NULLIF($4, '{}'::pg_catalog.text[]), $5, $6, $7)",
             &args,
         )
         .map_err(spi_err)
@@ -154,7 +159,8 @@ fn lock_own_spec(target: &str, caller: &Caller) -> Result<Option<Spec>> {
         let rows = client.update(
             &format!(
                 "SELECT target, source, mode, coalesce(primary_key, '{{}}'), options, state, \
-                 synced_version, delta_table_id, synced_columns FROM lakesync.synced_tables \
+                 synced_version, delta_table_id, synced_columns, owner::pg_catalog.text, target_relid \
+                 FROM lakesync.synced_tables \
                  WHERE target OPERATOR(pg_catalog.=) $1 AND {OWN_ROWS} FOR UPDATE"
             ),
             Some(1),
@@ -181,6 +187,8 @@ fn lock_own_spec(target: &str, caller: &Caller) -> Result<Option<Spec>> {
                     synced_version: row.get::<i64>(7)?,
                     delta_table_id: row.get::<String>(8)?,
                     synced_columns: row.get::<Vec<String>>(9)?,
+                    owner: row.get::<String>(10)?.unwrap_or_default(),
+                    target_relid: row.get::<pg_sys::Oid>(11)?,
                 },
                 state,
             ));
@@ -296,7 +304,7 @@ fn mark_locked_synced(target: &str, s: &SyncedState) -> Result<()> {
 
 /// The schema a bare table name goes to: the first existing schema on the search_path.
 pub fn default_schema() -> Result<String> {
-    Spi::get_one::<String>("SELECT pg_catalog.current_schema()::text")
+    Spi::get_one::<String>("SELECT pg_catalog.current_schema()::pg_catalog.text")
         .map_err(spi_err)?
         .ok_or_else(|| {
             LakeError::InvalidName(
@@ -308,7 +316,7 @@ pub fn default_schema() -> Result<String> {
 /// The schema in which the search_path finds table `table` (unqualified), if any.
 pub fn schema_on_search_path(table: &str) -> Result<Option<String>> {
     Spi::get_one_with_args::<String>(
-        "SELECT (SELECT n.nspname::text FROM pg_catalog.pg_class c \
+        "SELECT (SELECT n.nspname::pg_catalog.text FROM pg_catalog.pg_class c \
          JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
          WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(pg_catalog.quote_ident($1)))",
         &[table.into()],
@@ -319,7 +327,7 @@ pub fn schema_on_search_path(table: &str) -> Result<Option<String>> {
 /// The oid of an existing relation, if any.
 pub fn relation_oid(qualified: &str) -> Result<Option<pg_sys::Oid>> {
     Spi::get_one_with_args::<pg_sys::Oid>(
-        "SELECT pg_catalog.to_regclass($1)::oid",
+        "SELECT pg_catalog.to_regclass($1)::pg_catalog.oid",
         &[qualified.into()],
     )
     .map_err(spi_err)
@@ -334,11 +342,11 @@ pub fn synced_columns(
 ) -> Result<Vec<(String, String)>> {
     Spi::connect(|client| {
         let rows = client.select(
-            "SELECT attname::text, pg_catalog.format_type(atttypid, atttypmod) \
+            "SELECT attname::pg_catalog.text, pg_catalog.format_type(atttypid, atttypmod) \
              FROM pg_catalog.pg_attribute WHERE attrelid OPERATOR(pg_catalog.=) $1 \
              AND attnum OPERATOR(pg_catalog.>) 0 AND NOT attisdropped \
              AND attgenerated OPERATOR(pg_catalog.=) '' \
-             AND ($2::text[] IS NULL OR attname::text OPERATOR(pg_catalog.=) ANY ($2)) \
+             AND ($2::pg_catalog.text[] IS NULL OR attname::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($2)) \
              ORDER BY attnum",
             None,
             &[relid.into(), synced.map(|s| s.to_vec()).into()],
@@ -353,4 +361,28 @@ pub fn synced_columns(
         Ok::<_, pgrx::spi::Error>(out)
     })
     .map_err(spi_err)
+}
+
+/// Records which table a spec's target names now (the sync holds the spec's row lock).
+pub fn set_target_relid(target: &str, relid: pg_sys::Oid) -> Result<()> {
+    as_catalog_owner(|| {
+        Spi::run_with_args(
+            "UPDATE lakesync.synced_tables SET target_relid = $2 \
+             WHERE target OPERATOR(pg_catalog.=) $1",
+            &[target.into(), relid.into()],
+        )
+        .map_err(spi_err)
+    })
+}
+
+/// The owner of a spec, if there is one.
+pub fn owner_of(target: &str) -> Result<Option<String>> {
+    as_catalog_owner(|| {
+        Spi::get_one_with_args::<String>(
+            "SELECT (SELECT owner::pg_catalog.text FROM lakesync.synced_tables \
+             WHERE target OPERATOR(pg_catalog.=) $1)",
+            &[target.into()],
+        )
+        .map_err(spi_err)
+    })
 }

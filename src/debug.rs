@@ -16,9 +16,13 @@ pub fn register() {
         c"Test hook: makes syncs wait at a point (open, read, apply, commit[:seconds]).",
         c"For tests that kill or race a sync at an exact point; empty (the default) for normal use.",
         &DEBUG_PAUSE,
-        GucContext::Userset,
+        // Superusers only: a pause holds the sync's locks, and a database owner could otherwise
+        // set it for everyone's syncs with ALTER DATABASE.
+        GucContext::Suset,
         GucFlags::NO_SHOW_ALL,
     );
+    // Any other lakesync.* name is a typo, not a placeholder to keep.
+    unsafe { pg_sys::MarkGUCPrefixReserved(c"lakesync".as_ptr()) };
 }
 
 /// How long a paused sync waits before it goes on by itself.

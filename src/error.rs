@@ -267,6 +267,12 @@ thread_local! {
     static RAISED: std::cell::RefCell<Option<LakeError>> = const { std::cell::RefCell::new(None) };
 }
 
+/// Forgets the last error raised, at the start of each sync: an ERROR of somebody else's with
+/// the same SQLSTATE and text (a trigger's RAISE) must not be taken for that one later.
+pub fn forget_raised() {
+    RAISED.with(|r| *r.borrow_mut() = None);
+}
+
 /// The `LakeError` behind a caught ERROR with this SQLSTATE and message, if it was one of ours
 /// (the last one this backend raised, and the same error).
 pub fn raised(code: PgSqlErrorCode, message: &str) -> Option<LakeError> {

@@ -463,6 +463,9 @@ def test_callers_in_repeatable_read_and_serializable(db, cluster, isolation):
         with pytest.raises(psycopg.errors.SerializationFailure):
             c.execute("SELECT sync_now('t')")
         c.rollback()
+        # Losing the race changed nothing: the table stays synced, only the run is recorded.
+        assert db.execute("SELECT state, last_error FROM lakesync.synced_tables").fetchone() == (
+            "synced", None)
         assert c.execute("SELECT message FROM sync_now('t')").fetchone()[0].endswith(
             "nothing to do")
         c.commit()
@@ -522,3 +525,122 @@ def test_a_sync_inside_a_trigger_of_a_syncing_table(db):
     assert db.execute("SELECT rows_loaded FROM sync_now('t1')").fetchone() == (2,)
     assert db.execute("SELECT id FROM t1 ORDER BY id").fetchall() == [(1,), (2,)]
     assert db.execute("SELECT id FROM t2 ORDER BY id").fetchall() == [(10,), (20,)]
+
+
+# -- review of 0.3.0 --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["triggered", "timeseries"])
+def test_row_level_security_is_refused_for_sql_applied_changes_too(db, cluster, app, kind):
+    """Changes and timeseries loads reach the target by SQL, which would apply a policy
+    silently (skip hidden rows) instead of refusing it."""
+    path = table_path()
+    write(path, [{"id": 1, "ts": 1}, {"id": 7, "ts": 1}], cdf=True)
+    mode, options = (("triggered", {}) if kind == "triggered"
+                     else ("snapshot", {"timeseries_key": "ts"}))
+    with as_role(cluster, db, app) as c:
+        c.execute("SELECT create_synced_table('t', %s, ARRAY['id'], %s, %s)",
+                  (path, mode, json.dumps(options)))
+        c.execute("ALTER TABLE t ENABLE ROW LEVEL SECURITY")
+        c.execute("ALTER TABLE t FORCE ROW LEVEL SECURITY")
+        c.execute("CREATE POLICY small ON t USING (id < 5) WITH CHECK (true)")
+        write(path, [{"id": 2, "ts": 2}])
+        state, msg, hint = error_of(c, "SELECT sync_now('t')")
+        assert state == "0A000" and "row-level security" in msg, msg
+        assert hint
+    assert db.execute("SELECT id FROM t ORDER BY id").fetchall() == [(1,), (7,)]
+
+
+def test_superuser_sync_of_anothers_table_is_recorded_as_the_owners(db, cluster, app):
+    path = table_path()
+    write(path, [{"id": 1}])
+    with as_role(cluster, db, app) as c:
+        c.execute("SELECT create_synced_table('t', %s, ARRAY['id'])", (path,))
+    write(path, [{"id": 2}])
+    db.execute("SELECT sync_now('public.t')")  # the superuser
+    write(path, [{"id": 2}])  # a duplicate key
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        db.execute("SELECT sync_now('public.t')")
+    with as_role(cluster, db, app) as c:
+        assert c.execute("SELECT owner, status FROM lakesync.sync_runs ORDER BY run_id"
+                         ).fetchall() == [("app", "succeeded"), ("app", "succeeded"),
+                                          ("app", "failed")]
+        state, error = c.execute("SELECT state, last_error FROM lakesync.synced_tables"
+                                 ).fetchone()
+        assert state == "failed" and "(id)=(2)" in error, error
+
+
+def test_look_alike_types_and_domains_are_not_used(db):
+    """Names are resolved before the search_path is pinned: a planted domain `text` whose check
+    calls a function of the attacker's must never be used."""
+    db.execute("CREATE SCHEMA evil")
+    db.execute("CREATE TABLE evil.calls (what text)")
+    db.execute("CREATE FUNCTION evil.spy(pg_catalog.text) RETURNS boolean LANGUAGE plpgsql AS "
+               "$$ BEGIN INSERT INTO evil.calls VALUES ($1); RETURN true; END $$")
+    for typ in ["text", "oid", "regclass", "name"]:
+        db.execute(f"CREATE DOMAIN evil.{typ} AS pg_catalog.{typ} "
+                   f"CHECK (evil.spy(VALUE::pg_catalog.text))")
+    path = table_path()
+    write(path, [{"id": 1}], cdf=True)
+    db.execute("SET search_path = evil, pg_catalog, public")
+    db.execute("SELECT public.create_synced_table('t', %s, ARRAY['id'], 'triggered')", (path,))
+    write(path, [{"id": 2}])
+    assert db.execute("SELECT rows_inserted FROM public.sync_now('t')").fetchone() == (1,)
+    db.execute("RESET search_path")
+    assert db.execute("SELECT what FROM evil.calls").fetchall() == []
+
+
+def test_rename_never_takes_another_specs_name_nor_breaks_the_alter(db):
+    path = table_path()
+    write(path, [{"id": 1}])
+    db.execute("SELECT create_synced_table('a', %s, ARRAY['id'])", (path,))
+    db.execute("SELECT create_synced_table('b', %s, ARRAY['id'])", (path,))
+    db.execute("DROP TABLE b")  # spec b stays; its table is gone
+    assert db.execute("SELECT target_relid FROM lakesync.synced_tables WHERE target = 'public.b'"
+                      ).fetchone() == (None,)
+    db.execute("ALTER TABLE a RENAME TO b")  # succeeds: spec b keeps its name, spec a its own
+    assert db.execute("SELECT target FROM lakesync.synced_tables ORDER BY 1").fetchall() == [
+        ("public.a",), ("public.b",)]
+
+
+def test_non_ascii_column_name_in_a_non_utf8_database_is_refused(latin1_db):
+    path = table_path()
+    write(path, [{"id": 1, "caf\u00e9": 1}])
+    with pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+        latin1_db.execute("SELECT create_synced_table('t', %s, ARRAY['id'])", (path,))
+    assert "non-ASCII name" in e.value.diag.message_primary
+    assert "columns" in e.value.diag.message_hint
+    latin1_db.execute("SELECT create_synced_table('t', %s, ARRAY['id'], 'snapshot', "
+                      "'{\"columns\": [\"id\"]}')", (path,))
+    assert latin1_db.execute("SELECT id FROM t").fetchall() == [(1,)]
+
+
+def test_temporary_target_is_refused(db):
+    path = table_path()
+    write(path, [{"id": 1}])
+    for target in ["pg_temp.t", "t"]:
+        if target == "t":
+            db.execute("SET search_path = pg_temp, public")
+        state, msg, _ = error_of(db, "SELECT public.create_synced_table(%s, %s)", (target, path))
+        assert state == "42602" and "temporary schema" in msg, msg
+    db.execute("RESET search_path")
+    assert db.execute("SELECT count(*) FROM lakesync.synced_tables").fetchone() == (0,)
+
+
+def test_debug_pause_is_for_superusers_only(db, cluster, app):
+    with as_role(cluster, db, app) as c:
+        error_of(c, "SELECT sync_now('nothing')")  # loads the library, which defines it
+        state, _, _ = error_of(c, "SET lakesync.debug_pause = 'commit'")
+        assert state == "42501"
+
+
+def test_users_own_unique_index_is_not_blamed_on_the_source(db):
+    path = table_path()
+    write(path, [{"id": 1, "email": "a@x"}])
+    db.execute("SELECT create_synced_table('t', %s, ARRAY['id'])", (path,))
+    db.execute("CREATE UNIQUE INDEX t_email ON t (email)")
+    write(path, [{"id": 2, "email": "a@x"}])
+    with pytest.raises(psycopg.errors.UniqueViolation) as e:
+        db.execute("SELECT sync_now('t')")
+    assert e.value.diag.message_primary == \
+        'duplicate key value violates unique constraint "t_email"'
+    assert db.execute("SELECT id FROM t").fetchall() == [(1,)]

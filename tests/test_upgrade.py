@@ -14,6 +14,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SURFACE = """
 SELECT 'function', p.proname || '(' || pg_get_function_arguments(p.oid) || ') -> '
        || pg_get_function_result(p.oid) || ' ' || p.provolatile::text || p.proisstrict::text
+       || ' ' || p.prosecdef || ' ' || coalesce(p.proconfig::text, '') || ' ' || md5(p.prosrc)
 FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
 JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'pg_lakesync'
 UNION ALL
@@ -32,6 +33,9 @@ SELECT 'policy', tablename || ' ' || policyname || ' ' || coalesce(qual, '') || 
 UNION ALL
 SELECT 'grant', table_name || ' ' || grantee || ' ' || privilege_type
 FROM information_schema.role_table_grants WHERE table_schema = 'lakesync'
+UNION ALL
+SELECT 'event trigger', evtname || ' ' || evtevent || ' ' || coalesce(evttags::text, '') || ' '
+       || evtfoid::regproc::text || ' ' || evtenabled::text FROM pg_event_trigger
 UNION ALL
 SELECT 'dump', extconfig::regclass[]::text FROM pg_extension WHERE extname = 'pg_lakesync'
 ORDER BY 1, 2

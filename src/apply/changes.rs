@@ -95,7 +95,7 @@ pub fn apply(target: &TargetName, plan: &ColumnsPlan, parts: Vec<StagePart>) -> 
     spi(&format!("DROP TABLE IF EXISTS {STAGE}"))?;
     spi(&format!(
         "CREATE TEMP TABLE lakesync_changes ON COMMIT DROP AS \
-         SELECT {cols}, NULL::text AS {change_type}, NULL::bigint AS {version} \
+         SELECT {cols}, NULL::pg_catalog.text AS {change_type}, NULL::bigint AS {version} \
          FROM {target} WITH NO DATA",
         cols = sql.cols.join(", "),
         target = sql.target,
@@ -208,12 +208,12 @@ fn check_duplicates(
     let values = sql
         .key
         .iter()
-        .map(|k| format!("{k}::text"))
+        .map(|k| format!("{k}::pg_catalog.text"))
         .collect::<Vec<_>>()
         .join(", ");
     let dup = Spi::get_one_with_args::<String>(
         &format!(
-            "SELECT (SELECT format('(%s)=(%s)', $1::text, concat_ws(', ', {values})) FROM {STAGE} \
+            "SELECT (SELECT pg_catalog.format('(%s)=(%s)', $1::pg_catalog.text, pg_catalog.concat_ws(', ', {values})) FROM {STAGE} \
              WHERE {change_type} IN ('insert', 'update_postimage') \
              GROUP BY {key}, {version} HAVING count(*) > 1 LIMIT 1)",
             key = sql.key_list(""),

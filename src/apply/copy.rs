@@ -117,13 +117,21 @@ unsafe fn check_as_copy_from(
         );
     }
     pg_sys::ExecCheckRTPerms((*pstate).p_rtable, true);
-    if pg_sys::check_enable_rls(rel.oid(), pg_sys::InvalidOid, false)
+    refuse_row_security(rel.oid());
+}
+
+/// Refuses a target with row-level security for the syncing role: COPY FROM cannot apply
+/// policies, and the SQL that deletes and upserts changes would apply them silently (skipping
+/// rows a policy hides), leaving the table out of step with Delta. Checked for the target of
+/// every sync, whichever way it writes.
+pub fn refuse_row_security(relid: pg_sys::Oid) {
+    if unsafe { pg_sys::check_enable_rls(relid, pg_sys::InvalidOid, false) }
         == pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
     {
         LakeError::Unsupported {
             message: format!(
                 "table \"{}\" has row-level security enabled for role \"{}\", which pg_lakesync's bulk load (COPY FROM) cannot apply",
-                rel.name(),
+                relation_name(relid),
                 crate::catalog::current_role_name()
             ),
             hint: Some(

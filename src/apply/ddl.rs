@@ -55,7 +55,7 @@ pub fn add_primary_key(target: &TargetName, plan: &ColumnsPlan) -> Result<()> {
         target.qualified(),
         key.join(", ")
     );
-    super::snapshot::catching_duplicates(target, || {
+    super::snapshot::catching_duplicates(target, plan, || {
         Spi::run(&sql).map_err(|e| LakeError::Internal(format!("{sql}: {e}")))
     })
 }

@@ -43,7 +43,7 @@ pub fn load(
     match plan.timeseries {
         None => {
             let (n, stats) =
-                catching_duplicates(target, || copy_from_stream(relid, &names, stream))?;
+                catching_duplicates(target, plan, || copy_from_stream(relid, &names, stream))?;
             result.inserted = n;
             result.skipped_null_key = stats.skipped_null_key;
         }
@@ -84,21 +84,30 @@ fn spi_count(sql: &str) -> Result<u64> {
         .map_err(|e| LakeError::Internal(format!("{sql}: {e}")))
 }
 
-/// A unique violation while loading or indexing means the source repeats a key: say so in our
-/// words, naming the key, with the hint that fixes it. The work runs in a subtransaction, so
-/// the caught ERROR is rolled back before anything else runs.
-pub fn catching_duplicates<T>(target: &TargetName, f: impl FnOnce() -> Result<T>) -> Result<T> {
+/// A unique violation of the primary key while loading or indexing means the source repeats a
+/// key: say so in our words, naming the key, with the hint that fixes it. A unique index of the
+/// user's own (on other columns) is theirs to explain: its ERROR goes on as it is. The work runs
+/// in a subtransaction, so the caught ERROR is rolled back before anything else runs.
+pub fn catching_duplicates<T>(
+    target: &TargetName,
+    plan: &ColumnsPlan,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
     let target_name = target.qualified();
+    // As Postgres prints an index's columns in "Key (a, b)=(…)".
+    let key_columns: Vec<String> = plan
+        .key
+        .iter()
+        .map(|&k| quote_ident(&plan.columns[k].name))
+        .collect();
+    let key_prefix = format!("Key ({})=", key_columns.join(", "));
     match crate::subxact::run(true, f) {
         Ok(r) => r,
-        Err(e) if crate::subxact::sqlstate(&e) == PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION => {
-            let detail = match &e {
-                pgrx::pg_sys::panic::CaughtError::PostgresError(r)
-                | pgrx::pg_sys::panic::CaughtError::ErrorReport(r) => {
-                    r.detail().unwrap_or("").to_string()
-                }
-                _ => String::new(),
-            };
+        Err(e)
+            if crate::subxact::sqlstate(&e) == PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION
+                && detail_of(&e).starts_with(&key_prefix) =>
+        {
+            let detail = detail_of(&e);
             // "Key (id)=(5) already exists." (insert) or "Key (id)=(5) is duplicated." (index)
             let key = detail
                 .strip_prefix("Key ")
@@ -114,5 +123,13 @@ pub fn catching_duplicates<T>(target: &TargetName, f: impl FnOnce() -> Result<T>
             })
         }
         Err(e) => e.rethrow(),
+    }
+}
+
+fn detail_of(e: &pgrx::pg_sys::panic::CaughtError) -> String {
+    match e {
+        pgrx::pg_sys::panic::CaughtError::PostgresError(r)
+        | pgrx::pg_sys::panic::CaughtError::ErrorReport(r) => r.detail().unwrap_or("").to_string(),
+        _ => String::new(),
     }
 }

@@ -54,6 +54,14 @@ pub fn plan_columns(
                 "column \"{name}\" of Delta table \"{source}\" is longer than the {MAX_IDENT_BYTES} bytes a Postgres column name can have"
             )));
         }
+        if !name.is_ascii() && !crate::types::repertoire::database_is_unicode() {
+            return Err(LakeError::Unsupported {
+                message: format!(
+                    "column \"{name}\" of Delta table \"{source}\" has a non-ASCII name, which pg_lakesync cannot use in a database whose encoding is not UTF8"
+                ),
+                hint: Some("Leave the column out with option \"columns\", or use a UTF8 database.".into()),
+            });
+        }
         let pg = pg_type_for(source, name, field.data_type())?;
         columns.push(ColumnPlan {
             name: name.to_string(),

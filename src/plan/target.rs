@@ -18,13 +18,17 @@ impl TargetName {
     /// TABLE would use (the first existing schema of the search_path).
     pub fn for_new(input: &str) -> Result<Self> {
         let (schema, table) = parse(input)?;
-        Ok(TargetName {
-            schema: match schema {
-                Some(s) => s,
-                None => crate::catalog::default_schema()?,
-            },
-            table,
-        })
+        let schema = match schema {
+            Some(s) => s,
+            None => crate::catalog::default_schema()?,
+        };
+        // A temporary table lives as long as one session; a spec of it would outlive it.
+        if schema.starts_with("pg_temp") {
+            return Err(LakeError::InvalidName(format!(
+                "target \"{input}\" is in a temporary schema; a synced table must be a permanent table"
+            )));
+        }
+        Ok(TargetName { schema, table })
     }
 
     /// The name of an existing table: a bare `table` is looked up through the search_path, as

@@ -11,7 +11,10 @@
 //! writes only what the failed backend handed it, with that role as the run's owner.
 
 use super::{insert_run, mark_failed, RunRecord};
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, DynamicBackgroundWorker,
+    SignalWakeFlags,
+};
 use pgrx::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -24,12 +27,19 @@ struct FailureMessage {
     from_version: Option<i64>,
     change_source: Option<String>,
     message: String,
-    state: String,
+    /// The spec's new state; None leaves the spec as it is (a lost race, only the run counts).
+    state: Option<String>,
 }
 
 /// Writes the failed run and the spec's failed state in a transaction of their own. Returns
 /// false (after a WARNING) when they could not be written; the ERROR still reaches the caller.
-pub fn record_failure(run: &RunRecord, state: &str) -> bool {
+/// Waits at most [`MAX_WAIT`] for the worker: the failed backend may hold locks the worker
+/// needs (an ALTER EXTENSION earlier in its transaction, say), a wait no deadlock check sees.
+pub fn record_failure(run: &RunRecord, state: Option<&str>) -> bool {
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        // A hot standby writes nothing (and starts no such worker): nothing to record.
+        return false;
+    }
     let msg = FailureMessage {
         target: run.target.clone(),
         owner: run.owner.clone(),
@@ -37,7 +47,7 @@ pub fn record_failure(run: &RunRecord, state: &str) -> bool {
         from_version: run.from_version,
         change_source: run.change_source.clone(),
         message: run.message.clone().unwrap_or_default(),
-        state: state.to_string(),
+        state: state.map(str::to_string),
     };
     let payload = serde_json::to_vec(&msg).expect("serializable");
     unsafe {
@@ -62,12 +72,16 @@ pub fn record_failure(run: &RunRecord, state: &str) -> bool {
             .load_dynamic();
         let why = match worker {
             Err(_) => Some("no background worker slot is free (max_worker_processes)"),
-            Ok(w) => match w.wait_for_shutdown() {
+            Ok(w) => match wait_bounded(&w) {
+                Err(BackgroundWorkerStatus::NotYetStarted | BackgroundWorkerStatus::Started) => {
+                    w.terminate();
+                    Some("the recording worker did not finish in time (lock_timeout); see the server log")
+                }
                 Err(_) => Some("the recording worker did not run"),
-                Ok(_) if addr.add(4).read_volatile() != 1 => {
+                Ok(()) if addr.add(4).read_volatile() != 1 => {
                     Some("the recording worker failed; see the server log")
                 }
-                Ok(_) => None,
+                Ok(()) => None,
             },
         };
         pg_sys::dsm_detach(seg);
@@ -78,6 +92,31 @@ pub fn record_failure(run: &RunRecord, state: &str) -> bool {
             );
         }
         why.is_none()
+    }
+}
+
+/// How long a failed backend waits for its failure to be recorded.
+const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+/// What the recorder sets as its lock_timeout: less than [`MAX_WAIT`], so that a record that
+/// waits for a lock the failed backend holds fails (and says so) before the backend gives up.
+const RECORDER_LOCK_TIMEOUT: &str = "5s";
+
+/// Waits until the worker has stopped, answering cancel; Err(status) when it is still not done
+/// after [`MAX_WAIT`], or when it could not run.
+fn wait_bounded(w: &DynamicBackgroundWorker) -> Result<(), BackgroundWorkerStatus> {
+    let deadline = std::time::Instant::now() + MAX_WAIT;
+    loop {
+        match w.pid() {
+            Err(BackgroundWorkerStatus::Stopped) => return Ok(()),
+            Err(s @ BackgroundWorkerStatus::PostmasterDied) => return Err(s),
+            status if std::time::Instant::now() >= deadline => {
+                return Err(status.err().unwrap_or(BackgroundWorkerStatus::Started))
+            }
+            _ => {
+                pgrx::check_for_interrupts!();
+                unsafe { pg_sys::pg_usleep(5_000) };
+            }
+        }
     }
 }
 
@@ -136,8 +175,15 @@ pub extern "C-unwind" fn lakesync_failure_recorder_main(arg: pg_sys::Datum) {
             succeeded: false,
             message: Some(msg.message.clone()),
         };
-        let written = insert_run(&run)
-            .and_then(|_| mark_failed(&msg.target, &msg.owner, started, &msg.message, &msg.state));
+        let written = Spi::run(&format!(
+            "SET LOCAL lock_timeout = '{RECORDER_LOCK_TIMEOUT}'"
+        ))
+        .map_err(|e| crate::error::LakeError::Internal(e.to_string()))
+        .and_then(|_| insert_run(&run))
+        .and_then(|_| match &msg.state {
+            Some(state) => mark_failed(&msg.target, &msg.owner, started, &msg.message, state),
+            None => Ok(()),
+        });
         // Both or neither: an ERROR aborts the transaction (and ends this worker unmarked).
         if let Err(e) = written {
             e.raise();

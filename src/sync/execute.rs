@@ -7,7 +7,7 @@ use super::report::{ChangeSource, Counts, SyncReport};
 use super::steps::{self, Step};
 use crate::apply;
 use crate::apply::changes::Applied;
-use crate::catalog::{self, Caller, RowCount, SyncedState};
+use crate::catalog::{self, RowCount, SyncedState};
 use crate::error::Result;
 use crate::options::{Mode, OnGap, SyncOptions};
 use crate::plan::evolve::Change;
@@ -23,8 +23,9 @@ use std::time::Instant;
 /// One sync's context, shared by its steps.
 pub struct Run<'a> {
     pub target: &'a TargetName,
-    /// The role the sync runs for, owner of its run record.
-    pub caller: &'a Caller,
+    /// The role the run belongs to: the spec's owner (also when a superuser syncs it), so that
+    /// row security shows the owner its runs.
+    pub owner: &'a str,
     pub relid: pg_sys::Oid,
     pub mode: Mode,
     pub opts: &'a SyncOptions,
@@ -41,7 +42,7 @@ impl<'a> Run<'a> {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         target: &'a TargetName,
-        caller: &'a Caller,
+        owner: &'a str,
         relid: pg_sys::Oid,
         mode: Mode,
         opts: &'a SyncOptions,
@@ -51,7 +52,7 @@ impl<'a> Run<'a> {
     ) -> Self {
         Run {
             target,
-            caller,
+            owner,
             relid,
             mode,
             opts,
@@ -94,6 +95,12 @@ pub fn execute(
     synced_version: Option<i64>,
     decision: Decision,
 ) -> Result<SyncReport> {
+    if matches!(
+        decision,
+        Decision::Snapshot { .. } | Decision::Incremental { .. }
+    ) {
+        apply::copy::refuse_row_security(run.relid);
+    }
     match decision {
         Decision::Fail(e) => Err(e),
         Decision::Nothing => {
@@ -308,7 +315,7 @@ fn record_success(
     }
     record::insert_run(&RunRecord {
         target: qualified.clone(),
-        owner: run.caller.name.clone(),
+        owner: run.owner.to_string(),
         started: run.started,
         from_version,
         to_version: Some(version),

@@ -33,6 +33,7 @@ use std::time::Instant;
 /// `create_synced_table`: validate everything, create the target, record the spec and run the
 /// first sync — all in the caller's transaction, so a failure leaves nothing behind.
 pub fn create(req: NewSyncedTable) -> Result<SyncReport> {
+    crate::error::forget_raised();
     let clock = Instant::now();
     let started = now();
     // Names resolve through the caller's search_path; everything after runs under a safe one.
@@ -97,13 +98,15 @@ fn create_named(
             synced_version: None,
             delta_table_id: None,
             synced_columns: None,
+            owner: caller.name.clone(),
+            target_relid: Some(relid),
         },
         relid,
         &caller,
     )?;
     let run = Run::new(
         &target,
-        &caller,
+        &caller.name,
         relid,
         mode,
         &opts,
@@ -158,6 +161,7 @@ pub fn full_refresh(target: &str) -> Result<SyncReport> {
 
 /// Runs a sync of an existing synced table through the interactive runner.
 fn run_recorded(target: &str, keep: bool, full: bool) -> Result<SyncReport> {
+    crate::error::forget_raised();
     let clock = Instant::now();
     let started = now();
     let name = TargetName::for_existing(target)?;
@@ -173,7 +177,7 @@ fn run_recorded(target: &str, keep: bool, full: bool) -> Result<SyncReport> {
             started,
         };
         runner.run(&qualified, || {
-            let job = SyncJob::resolve(&name, caller.clone())?;
+            let job = SyncJob::resolve(&name, &caller)?;
             sync_job(&job, full, started, clock)
         })
     })
@@ -214,7 +218,7 @@ fn sync_job(
     });
     let run = Run::new(
         &job.name,
-        &job.caller,
+        &job.spec.owner,
         job.relid,
         job.mode,
         &job.opts,

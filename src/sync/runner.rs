@@ -30,7 +30,7 @@ impl Runner for Interactive<'_> {
             Ok(Ok(report)) => Ok(report),
             Ok(Err(e)) => {
                 if self.keep {
-                    self.record_failure(target, &e.to_string(), e.needs_full_refresh());
+                    self.record_failure(target, &e.to_string(), Outcome::of_error(&e));
                 }
                 Err(e)
             }
@@ -39,7 +39,7 @@ impl Runner for Interactive<'_> {
                     self.record_failure(
                         target,
                         &crate::subxact::message(&caught),
-                        crate::subxact::needs_full_refresh(&caught),
+                        Outcome::of_caught(&caught),
                     );
                 }
                 caught.rethrow()
@@ -48,17 +48,56 @@ impl Runner for Interactive<'_> {
     }
 }
 
-impl Interactive<'_> {
-    fn record_failure(&self, target: &str, message: &str, needs_full_refresh: bool) {
-        let state = if needs_full_refresh {
-            State::NeedsFullRefresh
+/// What a failure means for the spec's state.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Failed,
+    NeedsFullRefresh,
+    /// A serialization failure or deadlock: the sync lost a race and changed nothing; the table
+    /// is as synced as it was (another session's sync, say), so only the run is recorded.
+    Retry,
+}
+
+impl Outcome {
+    pub fn of_error(e: &crate::error::LakeError) -> Self {
+        if e.needs_full_refresh() {
+            Outcome::NeedsFullRefresh
         } else {
-            State::Failed
-        };
+            Outcome::Failed
+        }
+    }
+
+    pub fn of_caught(e: &pgrx::pg_sys::panic::CaughtError) -> Self {
+        use pgrx::PgSqlErrorCode::*;
+        match crate::subxact::sqlstate(e) {
+            ERRCODE_T_R_SERIALIZATION_FAILURE | ERRCODE_T_R_DEADLOCK_DETECTED => Outcome::Retry,
+            _ if crate::subxact::needs_full_refresh(e) => Outcome::NeedsFullRefresh,
+            _ => Outcome::Failed,
+        }
+    }
+
+    /// The spec's new state, or None to leave it.
+    pub fn state(self) -> Option<State> {
+        match self {
+            Outcome::Failed => Some(State::Failed),
+            Outcome::NeedsFullRefresh => Some(State::NeedsFullRefresh),
+            Outcome::Retry => None,
+        }
+    }
+}
+
+impl Interactive<'_> {
+    fn record_failure(&self, target: &str, message: &str, outcome: Outcome) {
+        // The spec's owner, also when a superuser synced someone else's table: row security
+        // shows the owner its runs, and only the owner's spec is marked.
+        let owner = crate::catalog::owner_of(target)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| self.caller.name.clone());
         record::autonomous::record_failure(
             &RunRecord {
                 target: target.to_string(),
-                owner: self.caller.name.clone(),
+                owner,
                 started: self.started,
                 from_version: None,
                 to_version: None,
@@ -70,7 +109,7 @@ impl Interactive<'_> {
                 succeeded: false,
                 message: Some(message.to_string()),
             },
-            state.as_str(),
+            outcome.state().map(State::as_str),
         );
     }
 }

@@ -6,6 +6,11 @@
 //! `\x…` hex string. JSON has no NaN or Infinity, so those floats become the strings "NaN",
 //! "Infinity" and "-Infinity". Maps with string keys become objects; other maps become arrays of
 //! `[key, value]` pairs.
+//!
+//! Why not arrow-json's encoder: it writes NaN and ±Infinity as `null` (losing them), cannot
+//! decode VARIANT, refuses maps whose keys are not strings, and has no
+//! hook to refuse or strip a NUL byte or to check each string against the database's encoding
+//! while naming the column — the parts of this module that are left.
 
 use super::numeric::decimal_text;
 use super::temporal::{date_text, timestamp_text};

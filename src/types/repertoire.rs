@@ -70,3 +70,10 @@ fn compute() -> Option<Arc<Repertoire>> {
     };
     Some(Arc::new(Repertoire { encoding, chars }))
 }
+
+/// Whether the database stores Unicode as is (UTF8), or takes our bytes unchecked (SQL_ASCII).
+/// Elsewhere a name of ours in SQL would be read as the database's own encoding.
+pub fn database_is_unicode() -> bool {
+    let enc = unsafe { pg_sys::GetDatabaseEncoding() };
+    enc == pg_sys::pg_enc::PG_UTF8 as i32 || enc == pg_sys::pg_enc::PG_SQL_ASCII as i32
+}
