@@ -363,25 +363,16 @@ pub fn synced_columns(
     .map_err(spi_err)
 }
 
-/// Records which table a spec's target names now (the sync holds the spec's row lock).
+/// Records which table a spec's target names now (the sync holds the spec's row lock). Another
+/// spec holding the same OID is stale (its table was renamed away): it forgets it, so that a
+/// rename never finds two specs for one table.
 pub fn set_target_relid(target: &str, relid: pg_sys::Oid) -> Result<()> {
     as_catalog_owner(|| {
         Spi::run_with_args(
-            "UPDATE lakesync.synced_tables SET target_relid = $2 \
-             WHERE target OPERATOR(pg_catalog.=) $1",
+            "UPDATE lakesync.synced_tables \
+             SET target_relid = CASE WHEN target OPERATOR(pg_catalog.=) $1 THEN $2 END \
+             WHERE target OPERATOR(pg_catalog.=) $1 OR target_relid OPERATOR(pg_catalog.=) $2",
             &[target.into(), relid.into()],
-        )
-        .map_err(spi_err)
-    })
-}
-
-/// The owner of a spec, if there is one.
-pub fn owner_of(target: &str) -> Result<Option<String>> {
-    as_catalog_owner(|| {
-        Spi::get_one_with_args::<String>(
-            "SELECT (SELECT owner::pg_catalog.text FROM lakesync.synced_tables \
-             WHERE target OPERATOR(pg_catalog.=) $1)",
-            &[target.into()],
         )
         .map_err(spi_err)
     })

@@ -31,6 +31,11 @@ const MAX_PAUSE_MS: u64 = 60_000;
 /// How long the setting asks a sync to wait at `point` (read in the backend, so that a thread
 /// of ours can be made to wait too: the `open` point delays the log read, as a slow store would).
 pub fn pause_at(point: &str) -> Option<u64> {
+    // Also a setting made by ALTER DATABASE/ROLE while it was USERSET (0.3.0) applies in a
+    // superuser's context: only a superuser's own sync pauses.
+    if !unsafe { pg_sys::superuser() } {
+        return None;
+    }
     let wanted = DEBUG_PAUSE.get()?;
     let wanted = wanted.to_string_lossy();
     let (at, ms) = match wanted.split_once(':') {

@@ -617,6 +617,7 @@ def test_non_ascii_column_name_in_a_non_utf8_database_is_refused(latin1_db):
 def test_temporary_target_is_refused(db):
     path = table_path()
     write(path, [{"id": 1}])
+    db.execute("CREATE TEMP TABLE scratch (x int)")  # this session's temporary schema exists
     for target in ["pg_temp.t", "t"]:
         if target == "t":
             db.execute("SET search_path = pg_temp, public")
@@ -644,3 +645,32 @@ def test_users_own_unique_index_is_not_blamed_on_the_source(db):
     assert e.value.diag.message_primary == \
         'duplicate key value violates unique constraint "t_email"'
     assert db.execute("SELECT id FROM t").fetchall() == [(1,)]
+
+
+def test_two_syncs_across_an_added_column_queue_without_deadlock(db, cluster):
+    """The first sync adds the column (ALTER TABLE) while the second waits: the second must wait
+    holding nothing the ALTER needs."""
+    import threading
+    import time
+    path = table_path()
+    write(path, [{"id": 1}], cdf=True)
+    db.execute("SELECT create_synced_table('t', %s, ARRAY['id'], 'triggered')", (path,))
+    write_deltalake(path, pa.Table.from_pylist([{"id": 2, "extra": "x"}]), mode="append",
+                    schema_mode="merge")
+    os.system(f"chmod -R a+rX {path}")
+    results = {}
+
+    def first():
+        with psycopg.connect(cluster.dsn(dbname=db.dbname_), autocommit=True) as c:
+            c.execute("SET lakesync.debug_pause = 'open:2'")  # holds the table and spec row
+            results["first"] = c.execute("SELECT message FROM sync_now('t')").fetchone()[0]
+
+    t = threading.Thread(target=first)
+    t.start()
+    time.sleep(0.7)
+    with psycopg.connect(cluster.dsn(dbname=db.dbname_), autocommit=True) as c:
+        second = c.execute("SELECT message FROM sync_now('t')").fetchone()[0]
+    t.join()
+    assert 'added column "extra"' in results["first"], results
+    assert second.endswith("nothing to do"), second
+    assert db.execute("SELECT id, extra FROM t ORDER BY id").fetchall() == [(1, None), (2, "x")]

@@ -57,6 +57,8 @@ pub fn insert_run(r: &RunRecord) -> Result<i64> {
 /// transaction) while it waits for the recorder, and a sync holding it will set the state anyway.
 /// `state` is 'failed', or 'needs_full_refresh' when only a full refresh can continue; a table
 /// that needs a full refresh keeps needing one whatever else fails (a failed full refresh, say).
+/// A record that arrives late (its recorder waited for a lock) never overwrites a sync that
+/// started after it.
 pub fn mark_failed(
     target: &str,
     owner: &str,
@@ -72,6 +74,7 @@ pub fn mark_failed(
                           ELSE $4 END \
              WHERE target OPERATOR(pg_catalog.=) ANY (SELECT target FROM lakesync.synced_tables \
                  WHERE target OPERATOR(pg_catalog.=) $1 AND owner OPERATOR(pg_catalog.=) $5 \
+                 AND (last_sync_started IS NULL OR last_sync_started OPERATOR(pg_catalog.<=) $3) \
                  FOR UPDATE SKIP LOCKED)",
             &[
                 target.into(),
@@ -83,4 +86,33 @@ pub fn mark_failed(
         )
         .map_err(|e| LakeError::Internal(format!("cannot record the sync failure: {e}")))
     })
+}
+
+/// What listeners of `LISTEN lakesync` are told about a committed sync.
+#[derive(serde::Serialize)]
+pub struct SyncNotice<'a> {
+    pub target: &'a str,
+    pub from_version: Option<i64>,
+    pub to_version: i64,
+    #[serde(rename = "rows_inserted")]
+    pub inserted: i64,
+    #[serde(rename = "rows_updated")]
+    pub updated: i64,
+    #[serde(rename = "rows_deleted")]
+    pub deleted: i64,
+}
+
+/// The channel every committed sync notifies.
+pub const CHANNEL: &str = "lakesync";
+
+/// Queues `NOTIFY lakesync, '<json>'` in the sync's transaction: Postgres delivers it when (and
+/// only if) the transaction commits, so a listener never hears of rows it cannot see yet, and a
+/// dry run (rolled back) or a failed sync tells nobody.
+pub fn notify_synced(n: &SyncNotice) -> Result<()> {
+    let payload = serde_json::to_string(n).expect("serializable");
+    Spi::run_with_args(
+        "SELECT pg_catalog.pg_notify($1, $2)",
+        &[CHANNEL.into(), payload.into()],
+    )
+    .map_err(|e| LakeError::Internal(format!("cannot notify {CHANNEL}: {e}")))
 }

@@ -341,6 +341,14 @@ fn record_success(
             relid: run.relid,
         },
     )?;
+    record::notify_synced(&record::SyncNotice {
+        target: &qualified,
+        from_version,
+        to_version: version,
+        inserted: c.inserted,
+        updated: c.updated,
+        deleted: c.deleted,
+    })?;
     crate::debug::pause_point("commit");
     Ok(SyncReport {
         target: qualified,

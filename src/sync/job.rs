@@ -19,25 +19,19 @@ pub struct SyncJob {
 }
 
 impl SyncJob {
-    /// Loads and locks the spec of `name` that `caller` may sync, and checks that the caller may
-    /// read its source and that its table exists.
-    pub fn resolve(name: &TargetName, caller: &Caller) -> Result<SyncJob> {
+    /// Loads and locks the spec of `name` that `caller` may sync (telling `locked` whose it is,
+    /// before anything else can fail), and checks that the caller may read its source and that
+    /// its table exists.
+    pub fn resolve(
+        name: &TargetName,
+        caller: &Caller,
+        locked: impl FnOnce(&Spec),
+    ) -> Result<SyncJob> {
         let qualified = name.qualified();
-        // The table before the spec row: ALTER TABLE … RENAME holds the table and its event
-        // trigger then updates the spec row, so the other order can deadlock with it.
-        let relid = catalog::relation_oid(&qualified)?;
-        if let Some(relid) = relid {
-            unsafe { pg_sys::LockRelationOid(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE) };
-            // Renamed or replaced while we waited for the lock: the name is no longer this table.
-            if catalog::relation_oid(&qualified)? != Some(relid) {
-                return Err(LakeError::invalid_with_hint(
-                    format!("table \"{qualified}\" was renamed or replaced while the sync waited for it"),
-                    "Run the sync again.",
-                ));
-            }
-        }
+        let relid = lock_target(&qualified, pg_sys::ShareUpdateExclusiveLock)?;
         let spec = catalog::lock_spec(&qualified, caller)?
             .ok_or_else(|| LakeError::NotSynced(qualified.clone()))?;
+        locked(&spec);
         let opts = SyncOptions::parse(&spec.options)?;
         let mode = Mode::parse(&spec.mode)?;
         let location = SourceLocation::parse(&spec.source)?;
@@ -62,5 +56,34 @@ impl SyncJob {
             location,
             relid,
         })
+    }
+}
+
+/// Locks the table `qualified` names, if any, before its spec row is touched, and returns it.
+///
+/// The table first: ALTER TABLE … RENAME holds the table while its event trigger updates the spec
+/// row, and a sync that changes columns (or a drop) needs the table exclusively while another
+/// sync waits for the row — the other order deadlocks. Syncs take ShareUpdateExclusiveLock, which
+/// conflicts with itself (two syncs of one table queue here, holding nothing) but not with the
+/// applications' reads and writes.
+pub fn lock_target(qualified: &str, mode: u32) -> Result<Option<pg_sys::Oid>> {
+    let Some(relid) = catalog::relation_oid(qualified)? else {
+        return Ok(None);
+    };
+    unsafe { pg_sys::LockRelationOid(relid, mode as pg_sys::LOCKMODE) };
+    // Renamed, replaced or dropped while we waited for the lock.
+    match catalog::relation_oid(qualified)? {
+        Some(now) if now == relid => Ok(Some(relid)),
+        now => Err(LakeError::invalid_with_hint(
+            format!(
+                "table \"{qualified}\" was {} while the sync waited for it",
+                if now.is_none() {
+                    "dropped"
+                } else {
+                    "renamed or replaced"
+                }
+            ),
+            "Run it again.",
+        )),
     }
 }

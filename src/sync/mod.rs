@@ -175,9 +175,12 @@ fn run_recorded(target: &str, keep: bool, full: bool) -> Result<SyncReport> {
             keep,
             caller: &caller,
             started,
+            locked_owner: Default::default(),
         };
         runner.run(&qualified, || {
-            let job = SyncJob::resolve(&name, &caller)?;
+            let job = SyncJob::resolve(&name, &caller, |spec| {
+                runner.locked_owner.replace(Some(spec.owner.clone()));
+            })?;
             sync_job(&job, full, started, clock)
         })
     })
@@ -256,10 +259,17 @@ pub fn drop(target: &str, drop_data: bool) -> Result<bool> {
 
 fn drop_named(name: &TargetName, drop_data: bool) -> Result<bool> {
     let qualified = name.qualified();
+    // The table before the spec row, as a sync takes them (job::lock_target).
+    let mode = if drop_data {
+        pg_sys::AccessExclusiveLock
+    } else {
+        pg_sys::ShareUpdateExclusiveLock
+    };
+    let relid = job::lock_target(&qualified, mode)?;
     if !catalog::delete_spec(&qualified, &catalog::caller())? {
         return Err(LakeError::NotSynced(qualified));
     }
-    if drop_data && catalog::relation_oid(&qualified)?.is_some() {
+    if drop_data && relid.is_some() {
         Spi::run(&format!("DROP TABLE {qualified}"))
             .map_err(|e| LakeError::Internal(format!("cannot drop {qualified}: {e}")))?;
     }

@@ -11,6 +11,7 @@ use crate::catalog::{Caller, State};
 use crate::error::Result;
 use crate::record::{self, RunRecord};
 use pgrx::datum::TimestampWithTimeZone;
+use std::cell::RefCell;
 
 pub trait Runner {
     /// Runs `sync` for `target` (qualified), recording a failure.
@@ -22,6 +23,9 @@ pub struct Interactive<'a> {
     pub keep: bool,
     pub caller: &'a Caller,
     pub started: TimestampWithTimeZone,
+    /// The owner of the spec the sync locked, once it has: a failure is recorded as theirs (also
+    /// when a superuser synced it). A failure before that is recorded as the caller's run only.
+    pub locked_owner: RefCell<Option<String>>,
 }
 
 impl Runner for Interactive<'_> {
@@ -53,9 +57,10 @@ impl Runner for Interactive<'_> {
 pub enum Outcome {
     Failed,
     NeedsFullRefresh,
-    /// A serialization failure or deadlock: the sync lost a race and changed nothing; the table
-    /// is as synced as it was (another session's sync, say), so only the run is recorded.
-    Retry,
+    /// Only the run is recorded, the spec left as it is: a serialization failure or deadlock
+    /// (the sync lost a race and changed nothing; the table is as synced as it was), or a
+    /// failure before the sync had locked its spec.
+    LeaveState,
 }
 
 impl Outcome {
@@ -70,7 +75,9 @@ impl Outcome {
     pub fn of_caught(e: &pgrx::pg_sys::panic::CaughtError) -> Self {
         use pgrx::PgSqlErrorCode::*;
         match crate::subxact::sqlstate(e) {
-            ERRCODE_T_R_SERIALIZATION_FAILURE | ERRCODE_T_R_DEADLOCK_DETECTED => Outcome::Retry,
+            ERRCODE_T_R_SERIALIZATION_FAILURE | ERRCODE_T_R_DEADLOCK_DETECTED => {
+                Outcome::LeaveState
+            }
             _ if crate::subxact::needs_full_refresh(e) => Outcome::NeedsFullRefresh,
             _ => Outcome::Failed,
         }
@@ -81,19 +88,18 @@ impl Outcome {
         match self {
             Outcome::Failed => Some(State::Failed),
             Outcome::NeedsFullRefresh => Some(State::NeedsFullRefresh),
-            Outcome::Retry => None,
+            Outcome::LeaveState => None,
         }
     }
 }
 
 impl Interactive<'_> {
     fn record_failure(&self, target: &str, message: &str, outcome: Outcome) {
-        // The spec's owner, also when a superuser synced someone else's table: row security
-        // shows the owner its runs, and only the owner's spec is marked.
-        let owner = crate::catalog::owner_of(target)
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| self.caller.name.clone());
+        let locked = self.locked_owner.borrow().clone();
+        let (owner, outcome) = match locked {
+            Some(owner) => (owner, outcome),
+            None => (self.caller.name.clone(), Outcome::LeaveState),
+        };
         record::autonomous::record_failure(
             &RunRecord {
                 target: target.to_string(),
