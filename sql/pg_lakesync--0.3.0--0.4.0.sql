@@ -1,5 +1,6 @@
--- pg_lakesync 0.3.0 -> 0.4.0: the rename trigger never moves a spec onto another spec's name or
--- onto a table its owner cannot write, and a dropped target's OID is forgotten.
+-- pg_lakesync 0.3.0 -> 0.4.0: the background worker (schedules, continuous mode, pause/resume,
+-- alter_synced_table, lakesync.status); the rename trigger never moves a spec onto another
+-- spec's name or onto a table its owner cannot write, and a dropped target's OID is forgotten.
 \echo Use "ALTER EXTENSION pg_lakesync UPDATE TO '0.4.0'" to load this file. \quit
 
 -- A synced table's spec follows its table: ALTER TABLE … RENAME / SET SCHEMA and ALTER SCHEMA …
@@ -48,3 +49,78 @@ $$;
 CREATE EVENT TRIGGER lakesync_forget_dropped_tables ON sql_drop
     EXECUTE FUNCTION lakesync.forget_dropped_tables();
 
+
+-- The background worker.
+ALTER TABLE lakesync.synced_tables ADD COLUMN paused boolean NOT NULL DEFAULT false;
+ALTER TABLE lakesync.synced_tables ADD COLUMN consecutive_failures integer NOT NULL DEFAULT 0;
+
+-- The background worker's view of a spec: when it syncs the table next by itself — after the
+-- schedule's interval from the last sync's start; a failed table with a schedule or in
+-- continuous mode after a backoff (1 s, doubling with each consecutive failure, at most
+-- max_retry). NULL when it never does by itself: paused, needing a full refresh, on demand only,
+-- or a healthy continuous table (synced as each new Delta version appears).
+CREATE FUNCTION lakesync.next_sync(s lakesync.synced_tables, max_retry interval)
+RETURNS timestamptz LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE
+        WHEN s.paused OR s.state = 'needs_full_refresh' THEN NULL
+        WHEN s.mode <> 'continuous' AND NOT s.options ? 'schedule' THEN NULL
+        WHEN s.state = 'failed' THEN s.last_sync_finished + LEAST(max_retry, make_interval(
+            secs => power(2, LEAST(GREATEST(s.consecutive_failures, 1) - 1, 30))))
+        WHEN s.mode = 'continuous' THEN NULL
+        ELSE COALESCE(s.last_sync_started, s.created_at) + (s.options ->> 'schedule')::interval
+    END
+$$;
+
+-- One row per synced table, as an operator or an application wants to see it. Row security
+-- of lakesync.synced_tables applies to whoever reads it (security_invoker).
+CREATE VIEW lakesync.status WITH (security_invoker = true) AS
+SELECT s.target,
+       s.mode,
+       CASE
+           WHEN s.paused THEN 'paused'
+           WHEN s.state = 'needs_full_refresh' THEN 'needs_full_refresh'
+           WHEN s.state = 'new' THEN 'provisioning_initial_snapshot'
+           WHEN s.state = 'failed' AND s.synced_version IS NULL THEN 'offline_failed'
+           WHEN s.state = 'failed' THEN 'online_pipeline_failed'
+           WHEN s.mode = 'continuous' THEN 'online_continuous_update'
+           ELSE 'online'
+       END AS state,
+       s.synced_version,
+       s.last_sync_finished AS last_sync,
+       lakesync.next_sync(s, COALESCE(pg_catalog.current_setting('lakesync.max_retry_interval', true),
+                                      '5min')::interval)
+           AS next_sync,
+       s.consecutive_failures,
+       s.last_error,
+       CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_stat_activity a
+                          WHERE a.backend_type = 'pg_lakesync scheduler'
+                            AND a.datname = pg_catalog.current_database())
+            THEN 'running'
+            ELSE 'not running: add pg_lakesync to shared_preload_libraries and restart the server'
+       END AS worker
+  FROM lakesync.synced_tables s;
+COMMENT ON VIEW lakesync.status IS 'Each synced table''s state, as the background worker sees it';
+GRANT SELECT ON lakesync.status TO PUBLIC;
+
+CREATE FUNCTION "alter_synced_table"(
+	"target" TEXT, /* & str */
+	"mode" TEXT DEFAULT NULL, /* Option < & str > */
+	"options" jsonb DEFAULT NULL /* Option < JsonB > */
+) RETURNS bool /* bool */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'alter_synced_table_wrapper';
+
+CREATE FUNCTION "pause_sync"(
+	"target" TEXT /* & str */
+) RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'pause_sync_wrapper';
+
+CREATE FUNCTION "resume_sync"(
+	"target" TEXT /* & str */
+) RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'resume_sync_wrapper';

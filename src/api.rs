@@ -143,3 +143,26 @@ fn full_refresh(
 fn drop_synced_table(target: &str, drop_data: default!(bool, "false")) -> bool {
     sync::drop(target, drop_data).or_raise()
 }
+
+/// Stops the background worker's syncs of `target` (scheduled, continuous, retries) until
+/// `resume_sync`; `sync_now` still works.
+#[pg_extern(volatile, parallel_unsafe)]
+fn pause_sync(target: &str) -> bool {
+    sync::set_paused(target, true).or_raise()
+}
+
+/// Lets the background worker sync `target` again.
+#[pg_extern(volatile, parallel_unsafe)]
+fn resume_sync(target: &str) -> bool {
+    sync::set_paused(target, false).or_raise()
+}
+
+/// Changes the mode and/or the options of `target` without re-creating it (NULL keeps them).
+#[pg_extern(volatile, parallel_unsafe)]
+fn alter_synced_table(
+    target: &str,
+    mode: default!(Option<&str>, "NULL"),
+    options: default!(Option<JsonB>, "NULL"),
+) -> bool {
+    sync::alter(target, mode, options.map(|o| o.0)).or_raise()
+}

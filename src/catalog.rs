@@ -106,25 +106,112 @@ pub fn as_catalog_owner<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     )
     .map_err(spi_err)?
     .ok_or_else(|| LakeError::Internal("the catalog lakesync.synced_tables is missing".into()))?;
-    let (mut user, mut context) = (pg_sys::InvalidOid, 0);
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
-        pg_sys::SetUserIdAndSecContext(
-            owner,
-            context
-                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
-                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
-        );
-    }
     // Under a safe search_path too: a background worker (the failure recorder) picks up the
     // database's own search_path setting, which its owner may point at look-alike operators.
+    as_user(owner, pg_sys::SECURITY_RESTRICTED_OPERATION as i32, || {
+        crate::session::with_safe_search_path(f)
+    })
+}
+
+/// Runs `f` as role `name` — what the background worker does for a synced table's owner, so
+/// that a sync it runs is checked exactly as the owner's own `sync_now` would be.
+pub fn as_role<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let role = Spi::get_one_with_args::<pg_sys::Oid>(
+        "SELECT oid FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) $1",
+        &[name.into()],
+    )
+    .map_err(spi_err)?
+    .ok_or_else(|| LakeError::invalid(format!("role \"{name}\" does not exist")))?;
+    as_user(role, 0, f)
+}
+
+/// Runs `f` with `role` as the current user (and `context` added to the security context); the
+/// previous identity comes back however `f` ends.
+fn as_user<T>(role: pg_sys::Oid, context: i32, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let (mut user, mut old) = (pg_sys::InvalidOid, 0);
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut old);
+        pg_sys::SetUserIdAndSecContext(
+            role,
+            old | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32 | context,
+        );
+    }
     let f = std::panic::AssertUnwindSafe(f);
     PgTryBuilder::new(move || {
         let f = f;
-        crate::session::with_safe_search_path(f.0)
+        (f.0)()
     })
-    .finally(move || unsafe { pg_sys::SetUserIdAndSecContext(user, context) })
+    .finally(move || unsafe { pg_sys::SetUserIdAndSecContext(user, old) })
     .execute()
+}
+
+/// The spec (target, owner) of the table with OID `relid`, for the background worker.
+pub fn spec_of_relation(relid: pg_sys::Oid) -> Result<Option<(String, String)>> {
+    Spi::connect(|c| {
+        let rows = c.select(
+            "SELECT target, owner::pg_catalog.text FROM lakesync.synced_tables \
+             WHERE pg_catalog.to_regclass(target) OPERATOR(pg_catalog.=) $1",
+            Some(1),
+            &[relid.into()],
+        )?;
+        let mut out = None;
+        for r in rows {
+            out = Some((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<String>(2)?.unwrap_or_default(),
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .map_err(spi_err)
+}
+
+/// Sets `paused` of a spec the caller owns (superusers: any); false when there is none.
+pub fn set_paused(target: &str, caller: &Caller, paused: bool) -> Result<bool> {
+    as_catalog_owner(|| {
+        Spi::get_one_with_args::<bool>(
+            &format!(
+                "WITH u AS (UPDATE lakesync.synced_tables SET paused = $4 \
+                 WHERE target OPERATOR(pg_catalog.=) $1 AND {OWN_ROWS} RETURNING 1) \
+                 SELECT EXISTS (SELECT FROM u)"
+            ),
+            &[
+                target.into(),
+                caller.name.clone().into(),
+                caller.superuser.into(),
+                paused.into(),
+            ],
+        )
+        .map(|b| b.unwrap_or(false))
+        .map_err(spi_err)
+    })
+}
+
+/// Replaces the mode and options of a spec the caller owns (superusers: any).
+pub fn set_mode_options(
+    target: &str,
+    caller: &Caller,
+    mode: &str,
+    options: &serde_json::Value,
+) -> Result<bool> {
+    as_catalog_owner(|| {
+        Spi::get_one_with_args::<bool>(
+            &format!(
+                "WITH u AS (UPDATE lakesync.synced_tables SET mode = $4, options = $5 \
+                 WHERE target OPERATOR(pg_catalog.=) $1 AND {OWN_ROWS} RETURNING 1) \
+                 SELECT EXISTS (SELECT FROM u)"
+            ),
+            &[
+                target.into(),
+                caller.name.clone().into(),
+                caller.superuser.into(),
+                mode.into(),
+                JsonB(options.clone()).into(),
+            ],
+        )
+        .map(|b| b.unwrap_or(false))
+        .map_err(spi_err)
+    })
 }
 
 pub fn insert_spec(spec: &Spec, relid: pg_sys::Oid, owner: &Caller) -> Result<()> {
@@ -278,7 +365,8 @@ fn mark_locked_synced(target: &str, s: &SyncedState) -> Result<()> {
         "UPDATE lakesync.synced_tables SET state = 'synced', synced_version = $2, \
          rows = coalesce($3, rows OPERATOR(pg_catalog.+) $6), \
          last_sync_started = $4, last_sync_finished = pg_catalog.clock_timestamp(), \
-         last_error = NULL, delta_table_id = $5, synced_columns = $7, target_relid = $8 \
+         last_error = NULL, delta_table_id = $5, synced_columns = $7, target_relid = $8, \
+         consecutive_failures = 0 \
          WHERE target OPERATOR(pg_catalog.=) $1",
         &[
             target.into(),
@@ -300,6 +388,19 @@ fn mark_locked_synced(target: &str, s: &SyncedState) -> Result<()> {
         ],
     )
     .map_err(spi_err)
+}
+
+/// Records a sync that found the table current (the sync holds the spec's row lock).
+pub fn mark_checked(target: &str, started: pgrx::datum::TimestampWithTimeZone) -> Result<()> {
+    as_catalog_owner(|| {
+        Spi::run_with_args(
+            "UPDATE lakesync.synced_tables SET last_sync_started = $2, \
+             last_sync_finished = pg_catalog.clock_timestamp() \
+             WHERE target OPERATOR(pg_catalog.=) $1",
+            &[target.into(), started.into()],
+        )
+        .map_err(spi_err)
+    })
 }
 
 /// The schema a bare table name goes to: the first existing schema on the search_path.

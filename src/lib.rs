@@ -2,7 +2,8 @@
 //!
 //! The pipeline reads as its folders: `source` (Delta log and data) → `plan` (columns, key,
 //! names) → `apply` (DDL and bulk load) → `record` (catalog and run history). `types` holds the
-//! whole Delta → Postgres type mapping; `api` the SQL functions.
+//! whole Delta → Postgres type mapping; `api` the SQL functions; `worker` the background worker
+//! that runs scheduled and continuous syncs.
 
 use pgrx::prelude::*;
 
@@ -22,6 +23,7 @@ mod source;
 mod subxact;
 mod sync;
 mod types;
+mod worker;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
@@ -30,6 +32,8 @@ extension_sql_file!("catalog.sql", name = "catalog", bootstrap);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // The worker's settings before debug's, which reserves the lakesync prefix.
+    worker::init();
     debug::register();
 }
 

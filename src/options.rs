@@ -10,6 +10,7 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "null_bytes",
     "on_gap",
     "change_detection",
+    "schedule",
 ];
 
 /// What an incremental sync does when the versions it needs cannot be replayed.
@@ -49,6 +50,9 @@ pub struct SyncOptions {
     pub null_bytes: NullBytes,
     pub on_gap: OnGap,
     pub change_detection: ChangeDetection,
+    /// When the background worker syncs a SNAPSHOT or TRIGGERED table by itself: an interval
+    /// (`"5 minutes"`) after each sync's start. None: only on demand.
+    pub schedule: Option<String>,
 }
 
 impl Default for SyncOptions {
@@ -60,6 +64,7 @@ impl Default for SyncOptions {
             null_bytes: NullBytes::Error,
             on_gap: OnGap::Fail,
             change_detection: ChangeDetection::Cdf,
+            schedule: None,
         }
     }
 }
@@ -153,6 +158,15 @@ impl SyncOptions {
                         }
                     }
                 }
+                "schedule" => {
+                    let text = v.as_str().filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+                        LakeError::invalid_with_hint(
+                            format!("option \"schedule\" must be an interval, not {v}"),
+                            "For example \"schedule\": \"5 minutes\".",
+                        )
+                    })?;
+                    opts.schedule = Some(text.to_string());
+                }
                 other => {
                     return Err(LakeError::invalid_with_hint(
                         format!("unknown option \"{other}\""),
@@ -195,6 +209,12 @@ impl Mode {
                 "Valid modes are snapshot, triggered and continuous.",
             )),
         }
+    }
+
+    /// Whether syncs after the first apply the changes since the synced version (TRIGGERED on
+    /// demand or on a schedule, CONTINUOUS as each version appears) rather than a snapshot.
+    pub fn incremental(self) -> bool {
+        matches!(self, Mode::Triggered | Mode::Continuous)
     }
 
     pub fn as_str(&self) -> &'static str {

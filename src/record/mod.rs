@@ -70,6 +70,7 @@ pub fn mark_failed(
         Spi::run_with_args(
             "UPDATE lakesync.synced_tables SET last_error = $2, last_sync_started = $3, \
              last_sync_finished = pg_catalog.clock_timestamp(), \
+             consecutive_failures = consecutive_failures OPERATOR(pg_catalog.+) 1, \
              state = CASE WHEN state OPERATOR(pg_catalog.=) 'needs_full_refresh' THEN state \
                           ELSE $4 END \
              WHERE target OPERATOR(pg_catalog.=) ANY (SELECT target FROM lakesync.synced_tables \

@@ -60,6 +60,18 @@ impl SourceLocation {
         mask(self.url.as_str())
     }
 
+    /// Whether the Delta log has a commit for `version`: one file check, no listing — what the
+    /// background worker asks of a continuous table at every poll. None when it cannot tell
+    /// (not a local path).
+    pub fn has_commit(&self, version: i64) -> Option<bool> {
+        let dir = self.url.to_file_path().ok()?;
+        Some(
+            dir.join("_delta_log")
+                .join(format!("{version:020}.json"))
+                .exists(),
+        )
+    }
+
     /// Fails fast, with a precise message, when a local table is not there.
     pub fn check_exists(&self) -> Result<()> {
         if !self.is_local_file() {

@@ -66,7 +66,7 @@ pub fn decide(f: &Facts) -> Decision {
         return Decision::Nothing;
     }
     let synced = match (f.mode, f.synced_version) {
-        (Mode::Triggered, Some(v)) => v,
+        (mode, Some(v)) if mode.incremental() => v,
         // Snapshot mode, or a first sync that never completed: read it all.
         _ => {
             return Decision::Snapshot {
@@ -108,7 +108,7 @@ fn gap(f: &Facts, synced: i64, replaced: bool) -> Option<LakeError> {
 /// A failure only a full refresh can get past: per option on_gap (TRIGGERED only).
 fn or_full_refresh(f: &Facts, e: LakeError) -> Decision {
     match (f.mode, f.on_gap) {
-        (Mode::Triggered, OnGap::FullRefresh) => Decision::Snapshot {
+        (mode, OnGap::FullRefresh) if mode.incremental() => Decision::Snapshot {
             why: Some(e.to_string()),
         },
         _ => Decision::Fail(e),

@@ -104,6 +104,8 @@ pub fn execute(
     match decision {
         Decision::Fail(e) => Err(e),
         Decision::Nothing => {
+            // Checked, and current: a schedule counts from this sync too.
+            catalog::mark_checked(&run.target.qualified(), run.started)?;
             let version = source.version();
             Ok(SyncReport {
                 target: run.target.qualified(),

@@ -13,7 +13,7 @@ pub mod runner;
 pub mod steps;
 
 use crate::apply;
-use crate::catalog::{self, Spec, State};
+use crate::catalog::{self, Caller, Spec, State};
 use crate::error::{LakeError, Result};
 use crate::options::{ChangeDetection, Mode, SyncOptions};
 use crate::plan::evolve;
@@ -27,7 +27,7 @@ use job::SyncJob;
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 pub use report::{NewSyncedTable, SyncReport};
-use runner::{Interactive, Runner};
+use runner::{Background, Interactive, RunFor, Runner};
 use std::time::Instant;
 
 /// `create_synced_table`: validate everything, create the target, record the spec and run the
@@ -48,12 +48,6 @@ fn create_named(
     clock: Instant,
 ) -> Result<SyncReport> {
     let mode = Mode::parse(req.mode)?;
-    if mode == Mode::Continuous {
-        return Err(LakeError::Unsupported {
-            message: "sync mode \"continuous\" is not available yet".into(),
-            hint: Some("Use mode \"triggered\" and call sync_now() as often as needed.".into()),
-        });
-    }
     let opts = SyncOptions::parse(&req.options)?;
     check_mode_options(mode, &req.primary_key, &req.options)?;
     let qualified = target.qualified();
@@ -69,21 +63,7 @@ fn create_named(
         return Err(LakeError::TargetExists(qualified));
     }
     let source = open_source(&location, opts.version)?;
-    if mode == Mode::Triggered
-        && opts.change_detection == ChangeDetection::Cdf
-        && !changes::cdf_enabled(&source)
-    {
-        return Err(LakeError::Unsupported {
-            message: format!(
-                "Delta table \"{}\" does not have its change data feed enabled, which triggered mode reads",
-                location.display()
-            ),
-            hint: Some(format!(
-                "Enable it in Delta: ALTER TABLE delta.`{}` SET TBLPROPERTIES (delta.enableChangeDataFeed = true); or pass option \"change_detection\": \"files\" to derive the changes from the data files.",
-                location.display()
-            )),
-        });
-    }
+    require_change_feed(mode, &opts, &location, &source)?;
     let plan = plan_columns(&source, &opts, &req.primary_key)?;
     let relid = apply::ddl::create_target(&target, &plan)?;
     let caller = catalog::caller();
@@ -117,26 +97,101 @@ fn create_named(
     execute::load_snapshot(&run, source, &plan, Load::First)
 }
 
-/// What a mode requires of the spec, checked before anything is created.
-fn check_mode_options(mode: Mode, primary_key: &[String], raw: &serde_json::Value) -> Result<()> {
-    match mode {
-        Mode::Triggered => {
-            if primary_key.is_empty() {
-                return Err(LakeError::invalid_with_hint(
-                    "triggered mode needs a primary key to apply changes by",
-                    "Pass primary_key => ARRAY['...'] to create_synced_table.",
-                ));
+/// An incremental mode reading the change feed needs a table that writes one.
+fn require_change_feed(
+    mode: Mode,
+    opts: &SyncOptions,
+    location: &SourceLocation,
+    source: &DeltaSource,
+) -> Result<()> {
+    if mode.incremental()
+        && opts.change_detection == ChangeDetection::Cdf
+        && !changes::cdf_enabled(source)
+    {
+        return Err(LakeError::Unsupported {
+            message: format!(
+                "Delta table \"{}\" does not have its change data feed enabled, which {} mode reads",
+                location.display(),
+                mode.as_str()
+            ),
+            hint: Some(format!(
+                "Enable it in Delta: ALTER TABLE delta.`{}` SET TBLPROPERTIES (delta.enableChangeDataFeed = true); or pass option \"change_detection\": \"files\" to derive the changes from the data files.",
+                location.display()
+            )),
+        });
+    }
+    Ok(())
+}
+
+/// `pause_sync` / `resume_sync`: stop or restart the background worker's syncs of a table
+/// (`sync_now` still works while it is paused).
+pub fn set_paused(target: &str, paused: bool) -> Result<bool> {
+    let name = TargetName::for_existing(target)?;
+    crate::session::with_safe_search_path(|| {
+        let qualified = name.qualified();
+        if !catalog::set_paused(&qualified, &catalog::caller(), paused)? {
+            return Err(LakeError::NotSynced(qualified));
+        }
+        Ok(true)
+    })
+}
+
+/// `alter_synced_table`: a new mode and/or options (schedule, on_gap, ...) for a synced table,
+/// checked as `create_synced_table` checks them; the next sync goes on from the synced version.
+pub fn alter(target: &str, mode: Option<&str>, options: Option<serde_json::Value>) -> Result<bool> {
+    let name = TargetName::for_existing(target)?;
+    crate::session::with_safe_search_path(|| {
+        let qualified = name.qualified();
+        let caller = catalog::caller();
+        let spec = catalog::lock_spec(&qualified, &caller)?
+            .ok_or_else(|| LakeError::NotSynced(qualified.clone()))?;
+        let mode = Mode::parse(mode.unwrap_or(&spec.mode))?;
+        let options = options.unwrap_or_else(|| spec.options.clone());
+        let opts = SyncOptions::parse(&options)?;
+        check_mode_options(mode, &spec.primary_key, &options)?;
+        let location = SourceLocation::parse(&spec.source)?;
+        if mode.incremental() && opts.change_detection == ChangeDetection::Cdf {
+            location.check_access()?;
+            let source = open_source(&location, opts.version)?;
+            require_change_feed(mode, &opts, &location, &source)?;
+        }
+        catalog::set_mode_options(&qualified, &caller, mode.as_str(), &options)
+    })
+}
+
+/// What a mode requires of the spec, checked before anything is created (or altered).
+pub fn check_mode_options(
+    mode: Mode,
+    primary_key: &[String],
+    raw: &serde_json::Value,
+) -> Result<()> {
+    if mode.incremental() {
+        if primary_key.is_empty() {
+            return Err(LakeError::invalid_with_hint(
+                format!(
+                    "{} mode needs a primary key to apply changes by",
+                    mode.as_str()
+                ),
+                "Pass primary_key => ARRAY['...'] to create_synced_table.",
+            ));
+        }
+    } else {
+        for name in ["on_gap", "change_detection"] {
+            if raw.get(name).is_some() {
+                return Err(LakeError::invalid(format!(
+                    "option \"{name}\" applies to triggered and continuous modes only"
+                )));
             }
         }
-        _ => {
-            for name in ["on_gap", "change_detection"] {
-                if raw.get(name).is_some() {
-                    return Err(LakeError::invalid(format!(
-                        "option \"{name}\" applies to triggered mode only"
-                    )));
-                }
-            }
+    }
+    if let Some(schedule) = SyncOptions::parse(raw)?.schedule {
+        if mode == Mode::Continuous {
+            return Err(LakeError::invalid_with_hint(
+                "option \"schedule\" applies to snapshot and triggered modes only",
+                "A continuous table is synced as each new Delta version appears.",
+            ));
         }
+        crate::worker::schedule::check(&schedule)?;
     }
     Ok(())
 }
@@ -144,7 +199,7 @@ fn check_mode_options(mode: Mode, primary_key: &[String], raw: &serde_json::Valu
 /// `sync_now`: bring a synced table to the source's latest (or pinned) version. A dry run does
 /// all the work in a subtransaction it then rolls back, so its counts are exact.
 pub fn sync_now(target: &str, dry_run: bool) -> Result<SyncReport> {
-    let report = run_recorded(target, !dry_run, false)?;
+    let report = run_recorded(target, Via::Call { keep: !dry_run }, false)?;
     if dry_run {
         return Ok(SyncReport {
             message: format!("dry run, nothing changed: {}", report.message),
@@ -156,11 +211,27 @@ pub fn sync_now(target: &str, dry_run: bool) -> Result<SyncReport> {
 
 /// `full_refresh`: rebuild the table from the latest version, whatever its state.
 pub fn full_refresh(target: &str) -> Result<SyncReport> {
-    run_recorded(target, true, true)
+    run_recorded(target, Via::Call { keep: true }, true)
 }
 
-/// Runs a sync of an existing synced table through the interactive runner.
-fn run_recorded(target: &str, keep: bool, full: bool) -> Result<SyncReport> {
+/// A sync the background worker runs: of the table with OID `relid`, as its spec's owner, in
+/// the worker's transaction. A failure is recorded in it and returned (not raised).
+pub fn sync_in_worker(relid: pg_sys::Oid) -> Result<SyncReport> {
+    let (target, owner) = catalog::spec_of_relation(relid)?.ok_or_else(|| {
+        LakeError::Internal(format!("no synced table has the table with OID {relid}"))
+    })?;
+    catalog::as_role(&owner, || run_recorded(&target, Via::Worker, false))
+}
+
+/// Which runner a sync of an existing synced table goes through.
+enum Via {
+    /// A SQL call in the caller's transaction (`keep` false: a dry run).
+    Call { keep: bool },
+    /// The background worker.
+    Worker,
+}
+
+fn run_recorded(target: &str, via: Via, full: bool) -> Result<SyncReport> {
     crate::error::forget_raised();
     let clock = Instant::now();
     let started = now();
@@ -171,18 +242,30 @@ fn run_recorded(target: &str, keep: bool, full: bool) -> Result<SyncReport> {
         if !catalog::exists(&qualified, Some(&caller))? {
             return Err(LakeError::NotSynced(qualified));
         }
-        let runner = Interactive {
-            keep,
-            caller: &caller,
-            started,
-            locked_owner: Default::default(),
-        };
-        runner.run(&qualified, || {
-            let job = SyncJob::resolve(&name, &caller, |spec| {
-                runner.locked_owner.replace(Some(spec.owner.clone()));
-            })?;
-            sync_job(&job, full, started, clock)
-        })
+        let run_for = RunFor::new(&caller, started);
+        let at = (started, clock);
+        match via {
+            Via::Call { keep } => run_via(&Interactive { keep, run_for }, &name, &caller, full, at),
+            Via::Worker => run_via(&Background { run_for }, &name, &caller, full, at),
+        }
+    })
+}
+
+fn run_via<R: Runner>(
+    runner: &R,
+    name: &TargetName,
+    caller: &Caller,
+    full: bool,
+    (started, clock): (TimestampWithTimeZone, Instant),
+) -> Result<SyncReport> {
+    runner.run(&name.qualified(), || {
+        let job = SyncJob::resolve(name, caller, |spec| {
+            runner
+                .run_for()
+                .locked_owner
+                .replace(Some(spec.owner.clone()));
+        })?;
+        sync_job(&job, full, started, clock)
     })
 }
 

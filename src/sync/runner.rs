@@ -1,26 +1,22 @@
 //! Runners: in whose transaction a sync runs and how its failure is recorded. A failed sync's
 //! ERROR rolls back everything it wrote, so the failure is recorded outside of it.
 //!
-//! `Interactive` is a SQL call (`sync_now`, `full_refresh`): the caller's transaction, the sync
-//! in a subtransaction, the failure recorded by a worker of its own after the subtransaction
-//! (and the spec's row lock with it) is rolled back. The background worker's runner (its own
-//! transaction per sync, as the owner) plugs in here next.
+//! Both run the sync in a subtransaction. `Interactive` is a SQL call (`sync_now`,
+//! `full_refresh`): the caller's transaction, the failure recorded by a worker of its own after
+//! the subtransaction (and the spec's row lock with it) is rolled back, then the ERROR goes on to
+//! the caller. `Background` is the background worker's: a transaction of its own per sync, in
+//! which the failure is recorded after the subtransaction's rollback and committed — the worker
+//! logs the error instead of raising it.
 
 use super::report::SyncReport;
 use crate::catalog::{Caller, State};
-use crate::error::Result;
+use crate::error::{LakeError, Result};
 use crate::record::{self, RunRecord};
 use pgrx::datum::TimestampWithTimeZone;
 use std::cell::RefCell;
 
-pub trait Runner {
-    /// Runs `sync` for `target` (qualified), recording a failure.
-    fn run(&self, target: &str, sync: impl FnOnce() -> Result<SyncReport>) -> Result<SyncReport>;
-}
-
-pub struct Interactive<'a> {
-    /// Keep what the sync did (false: a dry run, rolled back and not recorded).
-    pub keep: bool,
+/// Whose sync it is and when it started: what a failure record needs.
+pub struct RunFor<'a> {
     pub caller: &'a Caller,
     pub started: TimestampWithTimeZone,
     /// The owner of the spec the sync locked, once it has: a failure is recorded as theirs (also
@@ -28,27 +24,106 @@ pub struct Interactive<'a> {
     pub locked_owner: RefCell<Option<String>>,
 }
 
+impl<'a> RunFor<'a> {
+    pub fn new(caller: &'a Caller, started: TimestampWithTimeZone) -> Self {
+        RunFor {
+            caller,
+            started,
+            locked_owner: RefCell::new(None),
+        }
+    }
+
+    /// The failed run to record, and the spec's new state (None: leave it).
+    fn failure(&self, target: &str, message: &str, outcome: Outcome) -> (RunRecord, Option<State>) {
+        let locked = self.locked_owner.borrow().clone();
+        let (owner, outcome) = match locked {
+            Some(owner) => (owner, outcome),
+            None => (self.caller.name.clone(), Outcome::LeaveState),
+        };
+        let run = RunRecord {
+            target: target.to_string(),
+            owner,
+            started: self.started,
+            from_version: None,
+            to_version: None,
+            inserted: 0,
+            updated: 0,
+            deleted: 0,
+            skipped: 0,
+            change_source: None,
+            succeeded: false,
+            message: Some(message.to_string()),
+        };
+        (run, outcome.state())
+    }
+}
+
+pub trait Runner {
+    fn run_for(&self) -> &RunFor<'_>;
+
+    /// Runs `sync` for `target` (qualified), recording a failure.
+    fn run(&self, target: &str, sync: impl FnOnce() -> Result<SyncReport>) -> Result<SyncReport>;
+}
+
+pub struct Interactive<'a> {
+    /// Keep what the sync did (false: a dry run, rolled back and not recorded).
+    pub keep: bool,
+    pub run_for: RunFor<'a>,
+}
+
 impl Runner for Interactive<'_> {
+    fn run_for(&self) -> &RunFor<'_> {
+        &self.run_for
+    }
+
     fn run(&self, target: &str, sync: impl FnOnce() -> Result<SyncReport>) -> Result<SyncReport> {
+        let record = |message: &str, outcome| {
+            if self.keep {
+                let (run, state) = self.run_for.failure(target, message, outcome);
+                record::autonomous::record_failure(&run, state.map(State::as_str));
+            }
+        };
         match crate::subxact::run(self.keep, sync) {
             Ok(Ok(report)) => Ok(report),
             Ok(Err(e)) => {
-                if self.keep {
-                    self.record_failure(target, &e.to_string(), Outcome::of_error(&e));
-                }
+                record(&e.to_string(), Outcome::of_error(&e));
                 Err(e)
             }
             Err(caught) => {
-                if self.keep {
-                    self.record_failure(
-                        target,
-                        &crate::subxact::message(&caught),
-                        Outcome::of_caught(&caught),
-                    );
-                }
+                record(
+                    &crate::subxact::message(&caught),
+                    Outcome::of_caught(&caught),
+                );
                 caught.rethrow()
             }
         }
+    }
+}
+
+pub struct Background<'a> {
+    pub run_for: RunFor<'a>,
+}
+
+impl Runner for Background<'_> {
+    fn run_for(&self) -> &RunFor<'_> {
+        &self.run_for
+    }
+
+    fn run(&self, target: &str, sync: impl FnOnce() -> Result<SyncReport>) -> Result<SyncReport> {
+        let (message, outcome) = match crate::subxact::run(true, sync) {
+            Ok(Ok(report)) => return Ok(report),
+            Ok(Err(e)) => (e.to_string(), Outcome::of_error(&e)),
+            Err(caught) => (
+                crate::subxact::message(&caught),
+                Outcome::of_caught(&caught),
+            ),
+        };
+        let (run, state) = self.run_for.failure(target, &message, outcome);
+        record::insert_run(&run)?;
+        if let Some(state) = state {
+            record::mark_failed(target, &run.owner, run.started, &message, state.as_str())?;
+        }
+        Err(LakeError::Internal(message))
     }
 }
 
@@ -64,7 +139,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn of_error(e: &crate::error::LakeError) -> Self {
+    pub fn of_error(e: &LakeError) -> Self {
         if e.needs_full_refresh() {
             Outcome::NeedsFullRefresh
         } else {
@@ -90,32 +165,5 @@ impl Outcome {
             Outcome::NeedsFullRefresh => Some(State::NeedsFullRefresh),
             Outcome::LeaveState => None,
         }
-    }
-}
-
-impl Interactive<'_> {
-    fn record_failure(&self, target: &str, message: &str, outcome: Outcome) {
-        let locked = self.locked_owner.borrow().clone();
-        let (owner, outcome) = match locked {
-            Some(owner) => (owner, outcome),
-            None => (self.caller.name.clone(), Outcome::LeaveState),
-        };
-        record::autonomous::record_failure(
-            &RunRecord {
-                target: target.to_string(),
-                owner,
-                started: self.started,
-                from_version: None,
-                to_version: None,
-                inserted: 0,
-                updated: 0,
-                deleted: 0,
-                skipped: 0,
-                change_source: None,
-                succeeded: false,
-                message: Some(message.to_string()),
-            },
-            outcome.state().map(State::as_str),
-        );
     }
 }

@@ -1,0 +1,75 @@
+//! The background worker: syncs that run by themselves.
+//!
+//! With `shared_preload_libraries = 'pg_lakesync'` the postmaster starts one [`launcher`] per
+//! cluster. It connects to no database (so it never holds up `DROP DATABASE`), lists the
+//! databases from the shared catalog and keeps one [`scheduler`] running in each database where
+//! the extension is installed. A scheduler finds what is due — CONTINUOUS tables with a new
+//! Delta version, SNAPSHOT and TRIGGERED tables whose `schedule` has come round, failed ones
+//! whose retry time has — and starts a [`sync_worker`] for each, up to `lakesync.max_workers`
+//! in the cluster; a sync worker runs one sync as the table's owner, in a transaction of its
+//! own. Without the preload nothing here runs and on-demand syncs work as before.
+
+pub mod hooks;
+pub mod launcher;
+pub mod schedule;
+pub mod scheduler;
+pub mod sync_worker;
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::pg_sys;
+
+pub static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
+pub static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+pub static MAX_RETRY_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(300);
+
+/// The process types, as `pg_stat_activity.backend_type` shows them.
+pub const LAUNCHER_TYPE: &str = "pg_lakesync launcher";
+pub const SCHEDULER_TYPE: &str = "pg_lakesync scheduler";
+pub const SYNC_TYPE: &str = "pg_lakesync sync";
+
+/// From `_PG_init`: the settings always; the launcher and the hooks only at preload.
+pub fn init() {
+    GucRegistry::define_bool_guc(
+        c"lakesync.enabled",
+        c"Whether the background worker runs scheduled and continuous syncs.",
+        c"Off: nothing syncs by itself (sync_now still works); the workers stay idle.",
+        &ENABLED,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"lakesync.max_workers",
+        c"How many syncs the background worker runs at once, in the whole cluster.",
+        c"Each takes a background worker slot (max_worker_processes) while it runs.",
+        &MAX_WORKERS,
+        1,
+        64,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"lakesync.poll_interval",
+        c"How often the background worker looks for new Delta versions of continuous tables.",
+        c"One file check per continuous table per poll; also how often schedules are checked.",
+        &POLL_INTERVAL_MS,
+        100,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"lakesync.max_retry_interval",
+        c"The longest wait before the background worker retries a failed sync.",
+        c"Retries back off exponentially from one second up to this.",
+        &MAX_RETRY_INTERVAL_S,
+        1,
+        86_400,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        launcher::register();
+        hooks::install();
+    }
+}
