@@ -70,6 +70,12 @@ class Cluster:
             pass
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def pg_ctl(self, *args):
+        """Runs pg_ctl on this cluster (restart, stop -m fast, start ...)."""
+        data = os.path.join(self.dir, "data")
+        return _as_postgres([f"{PG_BIN}/pg_ctl", "-D", data, "-l", os.path.join(self.dir, "log"),
+                             "-w", "-t", "60"] + list(args))
+
     def log(self):
         if self.external or not self.dir:
             return ""
