@@ -57,15 +57,16 @@ ALTER TABLE lakesync.synced_tables ADD COLUMN consecutive_failures integer NOT N
 -- The background worker's view of a spec: when it syncs the table next by itself — after the
 -- schedule's interval from the last sync's start; a failed table with a schedule or in
 -- continuous mode after a backoff (1 s, doubling with each consecutive failure, at most
--- max_retry). NULL when it never does by itself: paused, needing a full refresh, on demand only,
+-- max_retry, and never later than its schedule would). NULL when it never does by itself: paused, needing a full refresh, on demand only,
 -- or a healthy continuous table (synced as each new Delta version appears).
 CREATE FUNCTION lakesync.next_sync(s lakesync.synced_tables, max_retry interval)
 RETURNS timestamptz LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE
         WHEN s.paused OR s.state = 'needs_full_refresh' THEN NULL
         WHEN s.mode <> 'continuous' AND NOT s.options ? 'schedule' THEN NULL
-        WHEN s.state = 'failed' THEN s.last_sync_finished + LEAST(max_retry, make_interval(
-            secs => power(2, LEAST(GREATEST(s.consecutive_failures, 1) - 1, 30))))
+        WHEN s.state = 'failed' THEN s.last_sync_finished + LEAST(max_retry,
+            (s.options ->> 'schedule')::interval,
+            make_interval(secs => power(2, LEAST(GREATEST(s.consecutive_failures, 1) - 1, 30))))
         WHEN s.mode = 'continuous' THEN NULL
         ELSE COALESCE(s.last_sync_started, s.created_at) + (s.options ->> 'schedule')::interval
     END

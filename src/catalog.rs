@@ -113,16 +113,27 @@ pub fn as_catalog_owner<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     })
 }
 
-/// Runs `f` as role `name` — what the background worker does for a synced table's owner, so
-/// that a sync it runs is checked exactly as the owner's own `sync_now` would be.
-pub fn as_role<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    let role = Spi::get_one_with_args::<pg_sys::Oid>(
-        "SELECT oid FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) $1",
-        &[name.into()],
-    )
+/// The role that owns relation `relid`: (oid, name).
+pub fn relation_owner(relid: pg_sys::Oid) -> Result<(pg_sys::Oid, String)> {
+    Spi::connect(|c| {
+        let rows = c.select(
+            "SELECT c.relowner, r.rolname::pg_catalog.text FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) c.relowner \
+             WHERE c.oid OPERATOR(pg_catalog.=) $1",
+            Some(1),
+            &[relid.into()],
+        )?;
+        let mut out = None;
+        for r in rows {
+            out = Some((
+                r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                r.get::<String>(2)?.unwrap_or_default(),
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
     .map_err(spi_err)?
-    .ok_or_else(|| LakeError::invalid(format!("role \"{name}\" does not exist")))?;
-    as_user(role, 0, f)
+    .ok_or_else(|| LakeError::Internal(format!("no table has OID {relid}")))
 }
 
 /// Runs `f` with `role` as the current user (and `context` added to the security context); the

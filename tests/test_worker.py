@@ -116,13 +116,20 @@ def test_schedule_fires_and_next_sync_is_shown(wdb):
 def test_bad_schedule_and_schedule_with_continuous_are_refused(wdb):
     path = table_path()
     write(path, [{"id": 1}])
-    for mode, schedule, words in [("snapshot", "every tuesday", "positive interval"),
-                                  ("snapshot", "-5 minutes", "positive interval"),
-                                  ("continuous", "5 minutes", "snapshot and triggered modes")]:
+    bounds = "an interval from 1 microsecond to 1 year"
+    for mode, options, words in [
+            ("snapshot", {"schedule": "every tuesday"}, bounds),
+            ("snapshot", {"schedule": "-5 minutes"}, bounds),
+            ("snapshot", {"schedule": "2 years"}, bounds),
+            ("continuous", {"schedule": "5 minutes"}, "snapshot and triggered modes"),
+            ("continuous", {"version": 0}, "continuous mode follows the latest")]:
         with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
             wdb.execute("SELECT create_synced_table('t', %s, ARRAY['id'], %s, %s)",
-                        (path, mode, json.dumps({"schedule": schedule})))
+                        (path, mode, json.dumps(options)))
         assert words in e.value.diag.message_primary, e.value.diag.message_primary
+    wdb.execute("SELECT create_synced_table('t', %s, ARRAY['id'])", (path,))
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        wdb.execute("SELECT alter_synced_table('t', options => '{\"schedule\": \"soon\"}')")
 
 
 def test_failing_table_backs_off_beside_a_healthy_one(wdb):
@@ -200,6 +207,65 @@ def test_worker_syncs_as_the_owner_never_as_a_superuser(wdb, wcluster):
     finally:
         wdb.execute("DROP OWNED BY wapp CASCADE")
         wdb.execute("DROP ROLE wapp")
+
+
+def test_deferred_triggers_of_the_owner_run_as_the_owner(wdb, wcluster):
+    """The worker commits as the owner too: a deferred trigger fires at commit."""
+    wdb.execute("CREATE ROLE wowner LOGIN")
+    wdb.execute("GRANT pg_read_server_files TO wowner")
+    wdb.execute("GRANT CREATE ON SCHEMA public TO wowner")
+    try:
+        path = table_path()
+        write(path, [{"id": 1}])
+        with psycopg.connect(wcluster.dsn(dbname=wdb.dbname_, user="wowner"),
+                             autocommit=True) as c:
+            c.execute("SELECT create_synced_table('t', %s, ARRAY['id'], 'continuous')", (path,))
+            c.execute("CREATE TABLE who (name text)")
+            c.execute("CREATE FUNCTION note() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                      "INSERT INTO public.who VALUES (current_user); RETURN NULL; END $$")
+            c.execute("CREATE CONSTRAINT TRIGGER later AFTER INSERT ON t DEFERRABLE "
+                      "INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION note()")
+        write(path, [{"id": 2}])
+        assert wait_for(lambda: ids(wdb) == [1, 2], timeout=15)
+        assert wdb.execute("SELECT name FROM who").fetchall() == [("wowner",)]
+    finally:
+        wdb.execute("DROP OWNED BY wowner CASCADE")
+        wdb.execute("DROP ROLE wowner")
+
+
+def test_a_table_given_to_another_role_is_not_synced_with_the_old_owners_rights(wdb):
+    wdb.execute("CREATE ROLE wother")
+    try:
+        path = table_path()
+        write(path, [{"id": 1}])
+        wdb.execute("SELECT create_synced_table('t', %s, ARRAY['id'], 'continuous')", (path,))
+        wdb.execute("ALTER TABLE t OWNER TO wother")
+        write(path, [{"id": 2}])
+        assert wait_for(lambda: wdb.execute(
+            "SELECT state FROM lakesync.synced_tables").fetchone() == ("failed",), timeout=15)
+        error = wdb.execute("SELECT last_error FROM lakesync.synced_tables").fetchone()[0]
+        assert 'owned by "wother" but its spec by "postgres"' in error, error
+        assert ids(wdb) == [1]
+    finally:
+        wdb.execute("DROP OWNED BY wother CASCADE")
+        wdb.execute("DROP ROLE wother")
+
+
+def test_drop_extension_is_not_held_up_by_a_sync_in_flight(wdb):
+    path = table_path()
+    write(path, [{"id": 1}])
+    wdb.execute("SELECT create_synced_table('t', %s, ARRAY['id'], 'continuous')", (path,))
+    wdb.execute(f'ALTER DATABASE "{wdb.dbname_}" SET lakesync.debug_pause = \'commit:30\'')
+    write(path, [{"id": 2}])
+    assert wait_for(lambda: wdb.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_lakesync sync' "
+        "AND datname = current_database()").fetchone() == (1,), timeout=15)
+    time.sleep(0.5)
+    began = time.time()
+    wdb.execute("DROP EXTENSION pg_lakesync")
+    assert time.time() - began < 10
+    wdb.execute(f'ALTER DATABASE "{wdb.dbname_}" RESET lakesync.debug_pause')
+    assert ids(wdb) == [1]  # the sync in flight rolled back
 
 
 def test_drop_database_is_not_held_up_by_the_workers(wcluster):

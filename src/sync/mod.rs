@@ -184,7 +184,14 @@ pub fn check_mode_options(
             }
         }
     }
-    if let Some(schedule) = SyncOptions::parse(raw)?.schedule {
+    let opts = SyncOptions::parse(raw)?;
+    if mode == Mode::Continuous && opts.version.is_some() {
+        return Err(LakeError::invalid_with_hint(
+            "option \"version\" pins a table to one Delta version; continuous mode follows the latest",
+            "Use snapshot or triggered mode with a pinned version.",
+        ));
+    }
+    if let Some(schedule) = opts.schedule {
         if mode == Mode::Continuous {
             return Err(LakeError::invalid_with_hint(
                 "option \"schedule\" applies to snapshot and triggered modes only",
@@ -214,13 +221,51 @@ pub fn full_refresh(target: &str) -> Result<SyncReport> {
     run_recorded(target, Via::Call { keep: true }, true)
 }
 
-/// A sync the background worker runs: of the table with OID `relid`, as its spec's owner, in
-/// the worker's transaction. A failure is recorded in it and returned (not raised).
-pub fn sync_in_worker(relid: pg_sys::Oid) -> Result<SyncReport> {
-    let (target, owner) = catalog::spec_of_relation(relid)?.ok_or_else(|| {
-        LakeError::Internal(format!("no synced table has the table with OID {relid}"))
+/// What the background worker syncs for the table with OID `relid`, and as whom: its spec's
+/// target and the table's owner — who must own the spec too (a table given to another role
+/// would otherwise run that role's triggers with the spec owner's rights). A mismatch is
+/// recorded as the spec's failure; None then.
+pub fn worker_job(relid: pg_sys::Oid) -> Result<Option<(String, pg_sys::Oid)>> {
+    let Some((target, spec_owner)) = catalog::spec_of_relation(relid)? else {
+        return Ok(None); // dropped since the scheduler looked
+    };
+    let (owner, owner_name) = catalog::relation_owner(relid)?;
+    if owner_name == spec_owner {
+        return Ok(Some((target, owner)));
+    }
+    let message = format!(
+        "the table of synced table \"{target}\" is owned by \"{owner_name}\" but its spec by \"{spec_owner}\"; the background worker syncs as the table's owner, who must own the spec"
+    );
+    let started = now();
+    crate::record::insert_run(&crate::record::RunRecord {
+        target: target.clone(),
+        owner: spec_owner.clone(),
+        started,
+        from_version: None,
+        to_version: None,
+        inserted: 0,
+        updated: 0,
+        deleted: 0,
+        skipped: 0,
+        change_source: None,
+        succeeded: false,
+        message: Some(message.clone()),
     })?;
-    catalog::as_role(&owner, || run_recorded(&target, Via::Worker, false))
+    crate::record::mark_failed(
+        &target,
+        &spec_owner,
+        started,
+        &message,
+        State::Failed.as_str(),
+    )?;
+    Ok(None)
+}
+
+/// A sync the background worker runs, as the table's owner (the worker has become that role for
+/// the rest of its life, commit included), in the worker's transaction. A failure is recorded in
+/// it and returned (not raised).
+pub fn sync_in_worker(target: &str) -> Result<SyncReport> {
+    run_recorded(target, Via::Worker, false)
 }
 
 /// Which runner a sync of an existing synced table goes through.

@@ -1,7 +1,9 @@
 //! The launcher: one per cluster, connected to no database. Every few seconds it lists the
 //! databases (a scan of the shared catalog pg_database) and starts a scheduler in each one that
-//! has none running; a scheduler in a database without the extension exits at once, so a
-//! `CREATE EXTENSION` is picked up by the next round, and a scheduler that died is replaced.
+//! has none running. A scheduler in a database without the extension exits at once; such a
+//! database is probed again after 3 s, then less and less often (up to a minute), while a
+//! `CREATE EXTENSION` starts its database's scheduler itself (hooks.rs). A scheduler that died is
+//! replaced within a round.
 
 use super::{ENABLED, LAUNCHER_TYPE, SCHEDULER_TYPE};
 use pgrx::bgworkers::{
@@ -11,7 +13,7 @@ use pgrx::bgworkers::{
 use pgrx::pg_guard;
 use pgrx::pg_sys;
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often the launcher looks for databases that need a scheduler.
 const ROUND: Duration = Duration::from_secs(3);
@@ -31,13 +33,26 @@ pub fn register() {
         .load();
 }
 
+/// A database's scheduler as the launcher keeps it: the running one, and when to try again
+/// after one that exited (a database without the extension: probed less and less often).
+struct Serving {
+    worker: Option<DynamicBackgroundWorker>,
+    next_try: Instant,
+    wait: Duration,
+}
+
+/// The longest wait between two probes of a database without the extension (a `CREATE
+/// EXTENSION` starts its scheduler at once anyway: see hooks.rs).
+const MAX_PROBE_WAIT: Duration = Duration::from_secs(60);
+
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn lakesync_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     // No database: shared catalogs only.
     BackgroundWorker::connect_worker_to_spi(None, None);
-    let mut schedulers: HashMap<pg_sys::Oid, DynamicBackgroundWorker> = HashMap::new();
+    let mut serving: HashMap<pg_sys::Oid, Serving> = HashMap::new();
+    let mut out_of_slots = false;
     let mut first = true;
     while first || BackgroundWorker::wait_latch(Some(ROUND)) {
         first = false;
@@ -48,23 +63,39 @@ pub extern "C-unwind" fn lakesync_launcher_main(_arg: pg_sys::Datum) {
             continue;
         }
         let databases = unsafe { connectable_databases() };
-        schedulers.retain(|db, w| {
-            databases.contains(db)
-                && !matches!(
-                    w.pid(),
-                    Err(BackgroundWorkerStatus::Stopped | BackgroundWorkerStatus::PostmasterDied)
-                )
-        });
+        serving.retain(|db, _| databases.contains(db));
+        let now = Instant::now();
         for db in databases {
-            if schedulers.contains_key(&db) {
-                continue;
+            let s = serving.entry(db).or_insert(Serving {
+                worker: None,
+                next_try: now,
+                wait: ROUND,
+            });
+            match &s.worker {
+                Some(w) if running(w) => {
+                    s.wait = ROUND; // serving: a later exit is retried soon
+                    continue;
+                }
+                Some(_) => {
+                    // It exited (no extension there, or it failed): back off.
+                    s.worker = None;
+                    s.next_try = now + s.wait;
+                    s.wait = (s.wait * 2).min(MAX_PROBE_WAIT);
+                    continue;
+                }
+                None if now < s.next_try => continue,
+                None => {}
             }
-            match start_scheduler(db) {
+            match start_scheduler(db, false) {
                 Some(w) => {
-                    schedulers.insert(db, w);
+                    s.worker = Some(w);
+                    out_of_slots = false;
                 }
                 None => {
-                    pgrx::log!("pg_lakesync launcher: no background worker slot is free for a scheduler (max_worker_processes)");
+                    if !out_of_slots {
+                        pgrx::log!("pg_lakesync launcher: no background worker slot is free for a scheduler (max_worker_processes)");
+                    }
+                    out_of_slots = true;
                     break;
                 }
             }
@@ -72,7 +103,24 @@ pub extern "C-unwind" fn lakesync_launcher_main(_arg: pg_sys::Datum) {
     }
 }
 
-fn start_scheduler(db: pg_sys::Oid) -> Option<DynamicBackgroundWorker> {
+fn running(w: &DynamicBackgroundWorker) -> bool {
+    !matches!(
+        w.pid(),
+        Err(BackgroundWorkerStatus::Stopped | BackgroundWorkerStatus::PostmasterDied)
+    )
+}
+
+/// Starts a scheduler in database `db`; `wait_for_extension` when the extension is being created
+/// there (its transaction may not have committed yet).
+pub fn start_scheduler(
+    db: pg_sys::Oid,
+    wait_for_extension: bool,
+) -> Option<DynamicBackgroundWorker> {
+    let extra = format!(
+        "{} {}",
+        u32::from(db),
+        if wait_for_extension { "wait" } else { "" }
+    );
     BackgroundWorkerBuilder::new(SCHEDULER_TYPE)
         .set_type(SCHEDULER_TYPE)
         .set_library("pg_lakesync")
@@ -81,8 +129,7 @@ fn start_scheduler(db: pg_sys::Oid) -> Option<DynamicBackgroundWorker> {
         .set_start_time(BgWorkerStartTime::RecoveryFinished)
         // Never restarted by the postmaster: the launcher starts a new one if it is still wanted.
         .set_restart_time(None)
-        .set_extra(&u32::from(db).to_string())
-        .set_notify_pid(unsafe { pg_sys::MyProcPid })
+        .set_extra(extra.trim())
         .load_dynamic()
         .ok()
 }

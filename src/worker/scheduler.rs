@@ -2,9 +2,13 @@
 //! no writes), checks continuous tables for their next Delta version (one file check each) and
 //! starts a sync worker for each table that needs one, while the cluster has fewer than
 //! `lakesync.max_workers` running. It exits when the extension is not (or no longer) installed,
-//! and when another scheduler already serves the database.
+//! and when another scheduler already serves the database (the one with the smaller pid stays).
+//! While the installed extension's version is not this library's (binaries upgraded, `ALTER
+//! EXTENSION … UPDATE` not run yet) it waits and syncs nothing.
 
-use super::{ENABLED, MAX_RETRY_INTERVAL_S, MAX_WORKERS, POLL_INTERVAL_MS, SYNC_TYPE};
+use super::{
+    ENABLED, MAX_RETRY_INTERVAL_S, MAX_WORKERS, POLL_INTERVAL_MS, SCHEDULER_TYPE, SYNC_TYPE,
+};
 use crate::source::location::SourceLocation;
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime,
@@ -12,21 +16,22 @@ use pgrx::bgworkers::{
 };
 use pgrx::prelude::*;
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// Session advisory lock that makes a scheduler the only one in its database ("lakesync").
-const SCHEDULER_LOCK: i64 = 0x6c61_6b65_7379_6e63;
-
-/// Which synced tables the worker may have to sync now: continuous ones (if a new version is
-/// there), and those `lakesync.next_sync` says are due (a schedule, a retry). `$1` is the longest
-/// retry wait.
+/// Which synced tables the worker may have to sync now, longest unsynced first: continuous ones
+/// (if a new version is there), and those `lakesync.next_sync` says are due (a schedule, a
+/// retry). `$1` is the longest retry wait.
 const DUE: &str = "\
     SELECT pg_catalog.to_regclass(s.target)::pg_catalog.oid, s.mode, s.source, s.synced_version, \
-           s.state = 'failed' \
+           s.state = 'failed', pg_catalog.date_part('epoch', s.last_sync_finished) \
       FROM lakesync.synced_tables s \
      WHERE pg_catalog.to_regclass(s.target) IS NOT NULL AND NOT s.paused \
        AND ((s.mode = 'continuous' AND s.state IN ('new', 'synced')) \
-            OR lakesync.next_sync(s, $1::pg_catalog.interval) <= pg_catalog.now())";
+            OR lakesync.next_sync(s, $1::pg_catalog.interval) <= pg_catalog.now()) \
+     ORDER BY s.last_sync_finished NULLS FIRST";
+
+/// How long a scheduler started by `CREATE EXTENSION` waits for that transaction to commit.
+const WAIT_FOR_EXTENSION: Duration = Duration::from_secs(10);
 
 struct Due {
     relid: pg_sys::Oid,
@@ -34,97 +39,193 @@ struct Due {
     source: String,
     synced_version: Option<i64>,
     retry: bool,
+    /// When the spec's last sync finished (epoch seconds): a worker that exits without changing
+    /// it made no progress (it could not even record a failure).
+    finished: Option<f64>,
+}
+
+/// A sync worker this scheduler started, and what it must change to count as progress.
+struct Attempt {
+    worker: Option<DynamicBackgroundWorker>,
+    finished_before: Option<f64>,
+    /// Backoff for attempts that make no progress (a failure that could not be recorded, the
+    /// table's lock held elsewhere): never sooner than this again.
+    next_try: Instant,
+    wait: Duration,
 }
 
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn lakesync_scheduler_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    let db = BackgroundWorker::get_extra()
-        .trim()
-        .parse::<u32>()
+    let extra = BackgroundWorker::get_extra().to_string();
+    let mut words = extra.split_whitespace();
+    let db = words
+        .next()
+        .and_then(|w| w.parse::<u32>().ok())
         .unwrap_or(0);
+    let wait = words.next() == Some("wait");
     BackgroundWorker::connect_worker_to_spi_by_oid(
         Some(pg_sys::Oid::from(db)),
         Some(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID)),
     );
-    let serving = BackgroundWorker::transaction(|| {
-        // Our SQL never resolves through the database's own search_path setting.
-        Spi::run("SET search_path = pg_catalog, pg_temp").ok();
-        installed()
-            && Spi::get_one_with_args::<bool>(
-                "SELECT pg_catalog.pg_try_advisory_lock($1)",
-                &[SCHEDULER_LOCK.into()],
-            )
-            .ok()
-            .flatten()
-            .unwrap_or(false)
-    });
-    if !serving {
-        return; // exit 0: nothing to do in this database
+    // Our SQL never resolves through the database's own search_path setting.
+    BackgroundWorker::transaction(|| Spi::run("SET search_path = pg_catalog, pg_temp").ok());
+    let deadline = Instant::now() + WAIT_FOR_EXTENSION;
+    loop {
+        if BackgroundWorker::transaction(|| installed_version().is_some()) {
+            break;
+        }
+        if !wait
+            || Instant::now() > deadline
+            || !BackgroundWorker::wait_latch(Some(Duration::from_millis(200)))
+        {
+            return; // exit 0: nothing to do in this database
+        }
     }
     pgrx::log!("pg_lakesync scheduler started");
-    let mut running: HashMap<pg_sys::Oid, DynamicBackgroundWorker> = HashMap::new();
+    let mut attempts: HashMap<pg_sys::Oid, Attempt> = HashMap::new();
+    let mut warned_version = false;
+    let mut last_error_log: Option<Instant> = None;
     while BackgroundWorker::wait_latch(Some(poll_interval())) {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        running.retain(|_, w| {
-            !matches!(
-                w.pid(),
-                Err(BackgroundWorkerStatus::Stopped | BackgroundWorkerStatus::PostmasterDied)
-            )
-        });
         if !ENABLED.get() {
             continue;
         }
-        let Some((due, busy)) = BackgroundWorker::transaction(read_due) else {
-            break; // the extension was dropped
-        };
-        let mut free = (MAX_WORKERS.get() as i64 - busy).max(0);
-        for d in due {
-            if free == 0 {
-                break;
-            }
-            if running.contains_key(&d.relid) || !worth_a_sync(&d) {
+        let poll =
+            BackgroundWorker::transaction(|| match crate::subxact::run(false, || Ok(read_due())) {
+                Ok(Ok(poll)) => Ok(poll),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(caught) => Err(crate::subxact::message(&caught)),
+            });
+        let (due, busy) = match poll {
+            Ok(Poll::Due(due, busy)) => (due, busy),
+            Ok(Poll::Gone) => break, // the extension was dropped, or another scheduler serves
+            Ok(Poll::OtherVersion(v)) => {
+                if !warned_version {
+                    pgrx::log!("pg_lakesync scheduler: the extension is at version {v}, the library at {}; no syncs until ALTER EXTENSION pg_lakesync UPDATE", env!("CARGO_PKG_VERSION"));
+                    warned_version = true;
+                }
                 continue;
             }
-            match start_sync(db, d.relid) {
-                Some(w) => {
-                    running.insert(d.relid, w);
-                    free -= 1;
+            Err(e) => {
+                if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                    pgrx::warning!("pg_lakesync scheduler: cannot read what is due: {e}");
+                    last_error_log = Some(Instant::now());
                 }
-                None => break, // no background worker slot: next poll
+                continue;
             }
+        };
+        warned_version = false;
+        dispatch(db, due, busy, &mut attempts);
+    }
+}
+
+enum Poll {
+    Due(Vec<Due>, i64),
+    Gone,
+    OtherVersion(String),
+}
+
+fn dispatch(db: u32, due: Vec<Due>, busy: i64, attempts: &mut HashMap<pg_sys::Oid, Attempt>) {
+    let now = Instant::now();
+    // pg_stat_activity shows the started syncs; ours not started yet count too.
+    let pending = attempts
+        .values()
+        .filter(|a| {
+            matches!(
+                a.worker.as_ref().map(|w| w.pid()),
+                Some(Err(BackgroundWorkerStatus::NotYetStarted))
+            )
+        })
+        .count() as i64;
+    let mut free = MAX_WORKERS.get() as i64 - busy - pending;
+    for d in due {
+        let a = attempts.entry(d.relid).or_insert(Attempt {
+            worker: None,
+            finished_before: None,
+            next_try: now,
+            wait: Duration::ZERO,
+        });
+        match &a.worker {
+            Some(w) if running(w) => continue,
+            Some(_) => {
+                a.worker = None;
+                if a.finished_before == d.finished {
+                    // No progress: back off, from the poll interval up to max_retry_interval.
+                    a.wait = (a.wait * 2)
+                        .max(poll_interval())
+                        .min(Duration::from_secs(MAX_RETRY_INTERVAL_S.get() as u64));
+                    a.next_try = now + a.wait;
+                } else {
+                    a.wait = Duration::ZERO;
+                }
+            }
+            None => {}
+        }
+        if now < a.next_try || !worth_a_sync(&d) {
+            continue;
+        }
+        if free <= 0 {
+            break;
+        }
+        match start_sync(db, d.relid) {
+            Some(w) => {
+                a.worker = Some(w);
+                a.finished_before = d.finished;
+                free -= 1;
+            }
+            None => break, // no background worker slot: next poll
         }
     }
+}
+
+fn running(w: &DynamicBackgroundWorker) -> bool {
+    !matches!(
+        w.pid(),
+        Err(BackgroundWorkerStatus::Stopped | BackgroundWorkerStatus::PostmasterDied)
+    )
 }
 
 fn poll_interval() -> Duration {
     Duration::from_millis(POLL_INTERVAL_MS.get().max(100) as u64)
 }
 
-fn installed() -> bool {
-    Spi::get_one::<bool>(
-        "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'pg_lakesync')",
+/// The installed extension's version in this database, if it is installed.
+fn installed_version() -> Option<String> {
+    Spi::get_one::<String>(
+        "SELECT (SELECT extversion::pg_catalog.text FROM pg_catalog.pg_extension \
+                  WHERE extname = 'pg_lakesync')",
     )
     .ok()
     .flatten()
-    .unwrap_or(false)
 }
 
-/// The due tables and how many syncs run in the cluster now; None once the extension is gone.
-fn read_due() -> Option<(Vec<Due>, i64)> {
-    if !installed() {
-        return None;
+/// The due tables and how many syncs run in the cluster now.
+fn read_due() -> Poll {
+    match installed_version() {
+        None => return Poll::Gone,
+        Some(v) if v != env!("CARGO_PKG_VERSION") => return Poll::OtherVersion(v),
+        Some(_) => {}
     }
-    let busy = Spi::get_one_with_args::<i64>(
-        "SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type = $1",
-        &[SYNC_TYPE.into()],
+    // Syncs running in the cluster, and whether a scheduler older than this one serves here.
+    let (busy, other) = Spi::get_two_with_args::<i64, bool>(
+        "SELECT pg_catalog.count(*) FILTER (WHERE backend_type = $1), \
+                pg_catalog.bool_or(backend_type = $2 AND datid = $3 \
+                                   AND pid < pg_catalog.pg_backend_pid()) \
+           FROM pg_catalog.pg_stat_activity",
+        &[
+            SYNC_TYPE.into(),
+            SCHEDULER_TYPE.into(),
+            unsafe { pg_sys::MyDatabaseId }.into(),
+        ],
     )
-    .ok()
-    .flatten()
-    .unwrap_or(0);
+    .unwrap_or((None, None));
+    if other == Some(true) {
+        return Poll::Gone;
+    }
     let max_retry = format!("{} seconds", MAX_RETRY_INTERVAL_S.get());
     let due = Spi::connect(|c| {
         let rows = c.select(DUE, None, &[max_retry.as_str().into()])?;
@@ -136,17 +237,13 @@ fn read_due() -> Option<(Vec<Due>, i64)> {
                 source: r.get::<String>(3)?.unwrap_or_default(),
                 synced_version: r.get::<i64>(4)?,
                 retry: r.get::<bool>(5)?.unwrap_or(false),
+                finished: r.get::<f64>(6)?,
             });
         }
         Ok::<_, pgrx::spi::Error>(out)
-    });
-    match due {
-        Ok(due) => Some((due, busy)),
-        Err(e) => {
-            pgrx::warning!("pg_lakesync scheduler: cannot read lakesync.synced_tables: {e}");
-            Some((Vec::new(), busy))
-        }
-    }
+    })
+    .unwrap_or_default();
+    Poll::Due(due, busy.unwrap_or(0))
 }
 
 /// A continuous table needs a sync when its next version's commit is there (or to retry, or
@@ -171,7 +268,6 @@ fn start_sync(db: u32, relid: pg_sys::Oid) -> Option<DynamicBackgroundWorker> {
         .set_start_time(BgWorkerStartTime::RecoveryFinished)
         .set_restart_time(None)
         .set_extra(&format!("{db} {}", u32::from(relid)))
-        .set_notify_pid(unsafe { pg_sys::MyProcPid })
         .load_dynamic()
         .ok()
 }

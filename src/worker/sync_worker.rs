@@ -26,17 +26,29 @@ pub extern "C-unwind" fn lakesync_sync_worker_main(_arg: pg_sys::Datum) {
         .split_whitespace()
         .map(|p| p.parse::<u32>().unwrap_or(0));
     let (db, relid) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    // As the bootstrap superuser, then the owner: on PG 15 a worker's connection runs the
-    // can-login check, which a NOLOGIN owner (a group role) would fail.
+    // As the bootstrap superuser, then the table's owner: on PG 15 a worker's connection runs
+    // the can-login check, which a NOLOGIN owner (a group role) would fail.
     BackgroundWorker::connect_worker_to_spi_by_oid(
         Some(pg_sys::Oid::from(db)),
         Some(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID)),
     );
-    BackgroundWorker::transaction(|| {
+    let job = BackgroundWorker::transaction(|| {
         Spi::run("SET search_path = pg_catalog, pg_temp").ok();
-        match crate::sync::sync_in_worker(pg_sys::Oid::from(relid)) {
-            Ok(r) => pgrx::debug1!("pg_lakesync: {}: {}", r.target, r.message),
-            Err(e) => pgrx::log!("pg_lakesync: sync of the table with OID {relid} failed: {e}"),
-        }
+        crate::sync::worker_job(pg_sys::Oid::from(relid)).unwrap_or_else(|e| {
+            pgrx::log!("pg_lakesync: the table with OID {relid} cannot be synced: {e}");
+            None
+        })
+    });
+    let Some((target, owner)) = job else {
+        return;
+    };
+    // The owner from here to the end of this process, commit included: deferred triggers and
+    // constraints of the table fire at commit, and must run with the owner's rights, not ours.
+    unsafe {
+        pg_sys::SetUserIdAndSecContext(owner, pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+    }
+    BackgroundWorker::transaction(|| match crate::sync::sync_in_worker(&target) {
+        Ok(r) => pgrx::debug1!("pg_lakesync: {}: {}", r.target, r.message),
+        Err(e) => pgrx::log!("pg_lakesync: sync of {target} failed: {e}"),
     });
 }
