@@ -97,6 +97,8 @@ SELECT s.target,
                           WHERE a.backend_type = 'pg_lakesync scheduler'
                             AND a.datname = pg_catalog.current_database())
             THEN 'running'
+            WHEN pg_catalog.pg_is_in_recovery()
+            THEN 'not running: a hot standby (its synced tables arrive by replication)'
             ELSE 'not running: add pg_lakesync to shared_preload_libraries and restart the server'
        END AS worker
   FROM lakesync.synced_tables s;

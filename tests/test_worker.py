@@ -379,3 +379,38 @@ def test_fast_shutdown_stops_an_inflight_sync_and_rolls_it_back(own):
         c.execute("ALTER DATABASE postgres RESET lakesync.debug_pause")
         assert wait_for(lambda: ids(c) == [1, 2], timeout=30), ids(c)
     print(f"fast shutdown with a sync in flight: {took:.2f} s")
+
+
+def test_hot_standby_runs_no_worker_and_serves_the_synced_rows(own):
+    """A streaming standby of a preloaded primary: our workers start only after recovery, so it
+    runs none; the rows the primary's worker synced arrive by replication."""
+    import shutil
+    import subprocess
+    from pgcluster import PG_BIN, _as_postgres, _free_port
+    path = table_path()
+    write(path, [{"id": 1}])
+    with connect(own) as c:
+        c.execute("SELECT create_synced_table('t', %s, ARRAY['id'], 'continuous')", (path,))
+    standby = os.path.join(own.dir, "standby")
+    _as_postgres([f"{PG_BIN}/pg_basebackup", "-D", standby, "-h", "127.0.0.1",
+                  "-p", str(own.port), "-U", "postgres", "-R", "-X", "stream"])
+    port = _free_port()
+    with open(os.path.join(standby, "postgresql.auto.conf"), "a") as f:
+        f.write(f"port = {port}\nhot_standby = on\n")
+    shutil.chown(os.path.join(standby, "postgresql.auto.conf"), "postgres", "postgres")
+    _as_postgres([f"{PG_BIN}/pg_ctl", "-D", standby, "-l", os.path.join(own.dir, "standby.log"),
+                  "-w", "-t", "60", "start"])
+    try:
+        dsn = f"host=127.0.0.1 port={port} dbname=postgres user=postgres"
+        write(path, [{"id": 2}, {"id": 3}])
+        with psycopg.connect(dsn, autocommit=True) as s:
+            assert s.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+            assert wait_for(lambda: ids(s) == [1, 2, 3], timeout=20), ids(s)
+            time.sleep(1)
+            assert s.execute("SELECT count(*) FROM pg_stat_activity "
+                             "WHERE backend_type LIKE 'pg_lakesync%'").fetchone() == (0,)
+            assert s.execute("SELECT worker FROM lakesync.status").fetchone()[0] \
+                .startswith("not running: a hot standby")
+    finally:
+        subprocess.run(["sudo", "-u", "postgres", f"{PG_BIN}/pg_ctl", "-D", standby, "-m",
+                        "immediate", "-w", "stop"], capture_output=True)
