@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # Every benchmark in one command; results go to stdout and target/bench/<time>.md.
 #   bash bench/run.sh           W1 (1 M and 10 M rows), W2 (10 M rows at 1/10/50 % churn), W4,
-#                               and files-mode memory (one new 1 M-row file)
+#                               files-mode memory (one new 1 M-row file), and the background
+#                               worker's W3 lag (300 commits) and W5 idle cost
 #   bash bench/run.sh --quick   the same at 1 M rows (a few minutes)
 #   add --perf                  one run of each path under perf (CPU and page-fault profiles,
 #                               target/bench/<time>-perf/); timings from profiled runs are skewed
 # See BENCHMARKS.md for what each path does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rows=1000000,10000000 changes_rows=10000000 runs=3 perf=()
+rows=1000000,10000000 changes_rows=10000000 runs=3 perf=() commits=300
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 for arg in "$@"; do
   case "$arg" in
-    --quick) rows=1000000 changes_rows=1000000 ;;
+    --quick) rows=1000000 changes_rows=1000000 commits=100 ;;
     --perf) runs=1 perf=(--perf "target/bench/$stamp-perf") ;;
     *) echo "usage: bash bench/run.sh [--quick] [--perf]" >&2; exit 2 ;;
   esac
@@ -31,5 +32,6 @@ out="target/bench/$stamp.md"
   python3 bench/snapshot_bench.py --rows "$rows" --runs "$runs" "${perf[@]}"
   python3 bench/changes_bench.py --rows "$changes_rows" --churn 0.01,0.1,0.5 --runs "$runs" "${perf[@]}"
   python3 bench/files_memory.py --rows 1000000 --runs "$runs"
+  python3 bench/worker_bench.py --commits "$commits"
 } 2>&1 | tee "$out"
 echo "results: $out"
