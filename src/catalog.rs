@@ -179,23 +179,7 @@ pub fn spec_of_relation(relid: pg_sys::Oid) -> Result<Option<(String, String)>> 
 
 /// Sets `paused` of a spec the caller owns (superusers: any); false when there is none.
 pub fn set_paused(target: &str, caller: &Caller, paused: bool) -> Result<bool> {
-    as_catalog_owner(|| {
-        Spi::get_one_with_args::<bool>(
-            &format!(
-                "WITH u AS (UPDATE lakesync.synced_tables SET paused = $4 \
-                 WHERE target OPERATOR(pg_catalog.=) $1 AND {OWN_ROWS} RETURNING 1) \
-                 SELECT EXISTS (SELECT FROM u)"
-            ),
-            &[
-                target.into(),
-                caller.name.clone().into(),
-                caller.superuser.into(),
-                paused.into(),
-            ],
-        )
-        .map(|b| b.unwrap_or(false))
-        .map_err(spi_err)
-    })
+    update_own_spec(target, caller, "paused = $4", vec![paused.into()])
 }
 
 /// Replaces the mode and options of a spec the caller owns (superusers: any).
@@ -205,20 +189,36 @@ pub fn set_mode_options(
     mode: &str,
     options: &serde_json::Value,
 ) -> Result<bool> {
+    update_own_spec(
+        target,
+        caller,
+        "mode = $4, options = $5",
+        vec![mode.into(), JsonB(options.clone()).into()],
+    )
+}
+
+/// `UPDATE … SET <set>` of the spec of `target` if the caller owns it (superusers: any); `set`
+/// takes its values from `$4` on (`values`). False when there is no such spec.
+fn update_own_spec(
+    target: &str,
+    caller: &Caller,
+    set: &str,
+    values: Vec<DatumWithOid<'_>>,
+) -> Result<bool> {
+    let mut args: Vec<DatumWithOid> = vec![
+        target.into(),
+        caller.name.clone().into(),
+        caller.superuser.into(),
+    ];
+    args.extend(values);
     as_catalog_owner(|| {
         Spi::get_one_with_args::<bool>(
             &format!(
-                "WITH u AS (UPDATE lakesync.synced_tables SET mode = $4, options = $5 \
+                "WITH u AS (UPDATE lakesync.synced_tables SET {set} \
                  WHERE target OPERATOR(pg_catalog.=) $1 AND {OWN_ROWS} RETURNING 1) \
                  SELECT EXISTS (SELECT FROM u)"
             ),
-            &[
-                target.into(),
-                caller.name.clone().into(),
-                caller.superuser.into(),
-                mode.into(),
-                JsonB(options.clone()).into(),
-            ],
+            &args,
         )
         .map(|b| b.unwrap_or(false))
         .map_err(spi_err)

@@ -23,6 +23,31 @@ pub struct RunRecord {
     pub message: Option<String>,
 }
 
+impl RunRecord {
+    /// A failed run that read and wrote nothing.
+    pub fn failed(
+        target: &str,
+        owner: &str,
+        started: TimestampWithTimeZone,
+        message: &str,
+    ) -> Self {
+        RunRecord {
+            target: target.to_string(),
+            owner: owner.to_string(),
+            started,
+            from_version: None,
+            to_version: None,
+            inserted: 0,
+            updated: 0,
+            deleted: 0,
+            skipped: 0,
+            change_source: None,
+            succeeded: false,
+            message: Some(message.to_string()),
+        }
+    }
+}
+
 /// Inserts the run in the current transaction; returns its run_id.
 pub fn insert_run(r: &RunRecord) -> Result<i64> {
     let args: Vec<DatumWithOid> = vec![

@@ -237,20 +237,12 @@ pub fn worker_job(relid: pg_sys::Oid) -> Result<Option<(String, pg_sys::Oid)>> {
         "the table of synced table \"{target}\" is owned by \"{owner_name}\" but its spec by \"{spec_owner}\"; the background worker syncs as the table's owner, who must own the spec"
     );
     let started = now();
-    crate::record::insert_run(&crate::record::RunRecord {
-        target: target.clone(),
-        owner: spec_owner.clone(),
+    crate::record::insert_run(&crate::record::RunRecord::failed(
+        &target,
+        &spec_owner,
         started,
-        from_version: None,
-        to_version: None,
-        inserted: 0,
-        updated: 0,
-        deleted: 0,
-        skipped: 0,
-        change_source: None,
-        succeeded: false,
-        message: Some(message.clone()),
-    })?;
+        &message,
+    ))?;
     crate::record::mark_failed(
         &target,
         &spec_owner,

@@ -40,20 +40,7 @@ impl<'a> RunFor<'a> {
             Some(owner) => (owner, outcome),
             None => (self.caller.name.clone(), Outcome::LeaveState),
         };
-        let run = RunRecord {
-            target: target.to_string(),
-            owner,
-            started: self.started,
-            from_version: None,
-            to_version: None,
-            inserted: 0,
-            updated: 0,
-            deleted: 0,
-            skipped: 0,
-            change_source: None,
-            succeeded: false,
-            message: Some(message.to_string()),
-        };
+        let run = RunRecord::failed(target, &owner, self.started, message);
         (run, outcome.state())
     }
 }
