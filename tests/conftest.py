@@ -31,10 +31,10 @@ def expected_dir():
     return os.path.join(FIXTURES, "expected")
 
 
-@pytest.fixture()
-def db(cluster):
-    """A fresh database with the extension, dropped afterwards."""
-    name = f"t_{os.getpid()}_{next(_counter)}"
+def database_with_extension(cluster, prefix="t"):
+    """A fresh database of `cluster` with the extension, dropped afterwards (a generator for
+    fixtures); the connection carries its name as `dbname_`."""
+    name = f"{prefix}_{os.getpid()}_{next(_counter)}"
     with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     conn = psycopg.connect(cluster.dsn(dbname=name), autocommit=True)
@@ -43,9 +43,13 @@ def db(cluster):
     yield conn
     conn.close()
     with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
-        admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture()
+def db(cluster):
+    """A fresh database with the extension, dropped afterwards."""
+    yield from database_with_extension(cluster)
 
 
 def _count():

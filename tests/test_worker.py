@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
+from conftest import database_with_extension
 from pgcluster import Cluster, wait_for, world_readable_tmpdir
 
 CDF = {"delta.enableChangeDataFeed": "true"}
@@ -26,21 +27,9 @@ def wcluster():
     c.stop()
 
 
-_n = iter(range(1_000_000))
-
-
 @pytest.fixture()
 def wdb(wcluster):
-    name = f"w_{os.getpid()}_{next(_n)}"
-    with psycopg.connect(wcluster.dsn(), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    conn = psycopg.connect(wcluster.dsn(dbname=name), autocommit=True)
-    conn.execute("CREATE EXTENSION pg_lakesync")
-    conn.dbname_ = name
-    yield conn
-    conn.close()
-    with psycopg.connect(wcluster.dsn(), autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    yield from database_with_extension(wcluster, "w")
 
 
 def table_path():
