@@ -40,10 +40,13 @@ CREATE TABLE lakesync.sync_runs (
     rows_deleted  bigint NOT NULL DEFAULT 0,
     rows_skipped  bigint NOT NULL DEFAULT 0,
     change_source text,
-    status        text NOT NULL CHECK (status IN ('succeeded', 'failed')),
-    message       text
+    status        text NOT NULL CHECK (status IN ('succeeded', 'failed', 'running')),
+    message       text,
+    pid           integer
 );
 CREATE INDEX sync_runs_target_idx ON lakesync.sync_runs (target, run_id);
+-- The background worker's runs in flight, which it marks failed when their worker is gone.
+CREATE INDEX sync_runs_running_idx ON lakesync.sync_runs (run_id) WHERE status = 'running';
 COMMENT ON TABLE lakesync.sync_runs IS 'History of every sync run, successful or failed';
 
 -- Owner-based row security, as pg_cron does: every role sees only its own specs and runs;
@@ -109,57 +112,6 @@ END
 $$;
 CREATE EVENT TRIGGER lakesync_forget_dropped_tables ON sql_drop
     EXECUTE FUNCTION lakesync.forget_dropped_tables();
-
--- The background worker's view of a spec: when it syncs the table next by itself — after the
--- schedule's interval from the last sync's start; a failed table with a schedule or in
--- continuous mode after a backoff (1 s, doubling with each consecutive failure, at most
--- max_retry, and never later than its schedule would). NULL when it never does by itself: paused, needing a full refresh, on demand only,
--- or a healthy continuous table (synced as each new Delta version appears).
-CREATE FUNCTION lakesync.next_sync(s lakesync.synced_tables, max_retry interval)
-RETURNS timestamptz LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE
-        WHEN s.paused OR s.state = 'needs_full_refresh' THEN NULL
-        WHEN s.mode <> 'continuous' AND NOT s.options ? 'schedule' THEN NULL
-        WHEN s.state = 'failed' THEN s.last_sync_finished + LEAST(max_retry,
-            (s.options ->> 'schedule')::interval,
-            make_interval(secs => power(2, LEAST(GREATEST(s.consecutive_failures, 1) - 1, 30))))
-        WHEN s.mode = 'continuous' THEN NULL
-        ELSE COALESCE(s.last_sync_started, s.created_at) + (s.options ->> 'schedule')::interval
-    END
-$$;
-
--- One row per synced table, as an operator or an application wants to see it. Row security
--- of lakesync.synced_tables applies to whoever reads it (security_invoker).
-CREATE VIEW lakesync.status WITH (security_invoker = true) AS
-SELECT s.target,
-       s.mode,
-       CASE
-           WHEN s.paused THEN 'paused'
-           WHEN s.state = 'needs_full_refresh' THEN 'needs_full_refresh'
-           WHEN s.state = 'new' THEN 'provisioning_initial_snapshot'
-           WHEN s.state = 'failed' AND s.synced_version IS NULL THEN 'offline_failed'
-           WHEN s.state = 'failed' THEN 'online_pipeline_failed'
-           WHEN s.mode = 'continuous' THEN 'online_continuous_update'
-           ELSE 'online'
-       END AS state,
-       s.synced_version,
-       s.last_sync_finished AS last_sync,
-       lakesync.next_sync(s, COALESCE(pg_catalog.current_setting('lakesync.max_retry_interval', true),
-                                      '5min')::interval)
-           AS next_sync,
-       s.consecutive_failures,
-       s.last_error,
-       CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_stat_activity a
-                          WHERE a.backend_type = 'pg_lakesync scheduler'
-                            AND a.datname = pg_catalog.current_database())
-            THEN 'running'
-            WHEN pg_catalog.pg_is_in_recovery()
-            THEN 'not running: a hot standby (its synced tables arrive by replication)'
-            ELSE 'not running: add pg_lakesync to shared_preload_libraries and restart the server'
-       END AS worker
-  FROM lakesync.synced_tables s;
-COMMENT ON VIEW lakesync.status IS 'Each synced table''s state, as the background worker sees it';
-GRANT SELECT ON lakesync.status TO PUBLIC;
 
 -- pg_dump keeps the specs and history (the synced data itself is dumped as an ordinary table).
 SELECT pg_catalog.pg_extension_config_dump('lakesync.synced_tables', '');

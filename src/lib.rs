@@ -29,6 +29,7 @@ mod worker;
 mod tests;
 
 extension_sql_file!("catalog.sql", name = "catalog", bootstrap);
+extension_sql_file!("status.sql", name = "status", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

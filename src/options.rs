@@ -161,8 +161,8 @@ impl SyncOptions {
                 "schedule" => {
                     let text = v.as_str().filter(|s| !s.trim().is_empty()).ok_or_else(|| {
                         LakeError::invalid_with_hint(
-                            format!("option \"schedule\" must be an interval, not {v}"),
-                            "For example \"schedule\": \"5 minutes\".",
+                            format!("option \"schedule\" must be a string (an interval or a cron expression), not {v}"),
+                            "For example \"schedule\": \"5 minutes\" or \"schedule\": \"*/15 * * * *\".",
                         )
                     })?;
                     opts.schedule = Some(text.to_string());

@@ -18,7 +18,8 @@ SELECT 'function', p.proname || '(' || pg_get_function_arguments(p.oid) || ') ->
 FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
 JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'pg_lakesync'
 UNION ALL
-SELECT 'column', c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+SELECT 'column', c.relname || '.' || a.attnum || '.' || a.attname || ' '
+       || format_type(a.atttypid, a.atttypmod)
        || ' ' || a.attnotnull || ' ' || coalesce(pg_get_expr(ad.adbin, ad.adrelid), '')
 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'lakesync'
@@ -27,6 +28,10 @@ WHERE a.attnum > 0 AND NOT a.attisdropped
 UNION ALL
 SELECT 'constraint', conrelid::regclass || ' ' || pg_get_constraintdef(oid)
 FROM pg_constraint WHERE connamespace = 'lakesync'::regnamespace
+UNION ALL
+SELECT 'index', indexdef FROM pg_indexes WHERE schemaname = 'lakesync'
+UNION ALL
+SELECT 'view', viewname || ' ' || md5(definition) FROM pg_views WHERE schemaname = 'lakesync'
 UNION ALL
 SELECT 'policy', tablename || ' ' || policyname || ' ' || coalesce(qual, '') || ' '
        || coalesce(with_check, '') FROM pg_policies WHERE schemaname = 'lakesync'

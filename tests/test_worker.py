@@ -325,7 +325,13 @@ def test_sigkill_of_a_sync_worker_loses_and_doubles_nothing(own, point):
         assert wait_for(lambda: ids(c) == [1, 2, 3], timeout=30), ids(c)
         runs = c.execute("SELECT from_version, to_version, status FROM lakesync.sync_runs "
                          "ORDER BY run_id").fetchall()
-        assert runs == [(None, 0, "succeeded"), (0, 1, "succeeded")], runs
+        # The killed run, left 'running', is marked failed when the scheduler starts again.
+        assert runs == [(None, 0, "succeeded"), (None, None, "failed"),
+                        (0, 1, "succeeded")], runs
+        message, = c.execute("SELECT message FROM lakesync.sync_runs WHERE status = 'failed'"
+                             ).fetchone()
+        assert message.startswith("the sync did not finish: its background worker (pid ")
+        assert "nothing it wrote was kept" in message
 
 
 def _try(f):

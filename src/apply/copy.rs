@@ -10,6 +10,7 @@ use pgrx::prelude::*;
 use pgrx::{PgRelation, PgSqlErrorCode};
 use std::cell::RefCell;
 use std::ffi::CString;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// How long the callback waits for the scan thread before it looks for a cancel again.
@@ -76,15 +77,17 @@ unsafe extern "C-unwind" fn copy_data_source(
             None | Some(Next::Waiting) => {
                 pgrx::check_for_interrupts!();
             }
-            Some(Next::Chunk(Chunk::Data(bytes))) => {
-                let first = FEED.with(|f| {
+            Some(Next::Chunk(Chunk::Data(bytes, rows))) => {
+                let (first, expected) = FEED.with(|f| {
                     let mut f = f.borrow_mut();
                     let feed = f.last_mut().unwrap();
                     feed.pending = bytes;
                     feed.pos = 0;
                     feed.chunks += 1;
-                    feed.chunks == 1
+                    let expected = feed.stream.expected.load(Ordering::Relaxed);
+                    (feed.chunks == 1, expected)
                 });
+                crate::record::board::progress(rows as i64, expected);
                 if first {
                     crate::debug::pause_point("read");
                 }

@@ -1,6 +1,7 @@
 //! Record: the history of every sync in `lakesync.sync_runs`, and the failure state of a spec.
 
 pub mod autonomous;
+pub mod board;
 
 use crate::error::{LakeError, Result};
 use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
@@ -48,29 +49,113 @@ impl RunRecord {
     }
 }
 
-/// Inserts the run in the current transaction; returns its run_id.
+thread_local! {
+    /// The 'running' row the background worker committed for the sync it is about to run: the
+    /// run's record fills it in (in the sync's transaction) instead of inserting a new one.
+    static CLAIMED: std::cell::Cell<Option<i64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Commits nothing itself: inserts a 'running' run of `target` for this backend, in the current
+/// transaction (which the worker commits before it syncs), and claims it for the next record.
+/// A run left 'running' by a worker that is gone is marked failed by [`sweep_unfinished`].
+pub fn claim_running_run(target: &str, owner: &str) -> Result<()> {
+    let id = crate::catalog::as_catalog_owner(|| {
+        Spi::get_one_with_args::<i64>(
+            "INSERT INTO lakesync.sync_runs (target, owner, started_at, status, pid) \
+             VALUES ($1, $2, pg_catalog.clock_timestamp(), 'running', pg_catalog.pg_backend_pid()) \
+             RETURNING run_id",
+            &[target.into(), owner.into()],
+        )
+        .map_err(|e| LakeError::Internal(format!("cannot record the sync run: {e}")))
+    })?;
+    CLAIMED.set(id);
+    Ok(())
+}
+
+/// Removes the claimed 'running' row if no run was recorded in it (a sync that found nothing to
+/// do records none), in the sync's transaction.
+pub fn release_claimed_run() -> Result<()> {
+    let Some(id) = CLAIMED.take() else {
+        return Ok(());
+    };
+    crate::catalog::as_catalog_owner(|| {
+        Spi::run_with_args(
+            "DELETE FROM lakesync.sync_runs WHERE run_id OPERATOR(pg_catalog.=) $1 \
+             AND status OPERATOR(pg_catalog.=) 'running'",
+            &[id.into()],
+        )
+        .map_err(|e| LakeError::Internal(format!("cannot record the sync run: {e}")))
+    })
+}
+
+/// Marks failed the runs left 'running' by background workers that are gone (killed, a crash,
+/// a restart): their transaction never committed, so nothing they wrote was kept. Returns how
+/// many.
+pub fn sweep_unfinished() -> Result<u64> {
+    Spi::connect_mut(|c| {
+        c.update(
+            "UPDATE lakesync.sync_runs r SET status = 'failed', \
+                    finished_at = pg_catalog.clock_timestamp(), \
+                    message = pg_catalog.format('the sync did not finish: its background worker \
+                        (pid %s) stopped first (killed, a crash, or a server restart or shutdown); \
+                        nothing it wrote was kept', r.pid) \
+              WHERE r.status OPERATOR(pg_catalog.=) 'running' \
+                AND NOT EXISTS (SELECT FROM pg_catalog.pg_stat_activity a \
+                                 WHERE a.pid OPERATOR(pg_catalog.=) r.pid \
+                                   AND a.backend_start OPERATOR(pg_catalog.<=) r.started_at)",
+            None,
+            &[],
+        )
+        .map(|t| t.len() as u64)
+    })
+    .map_err(|e| LakeError::Internal(format!("cannot mark unfinished runs: {e}")))
+}
+
+/// Inserts the run in the current transaction (or fills in the claimed 'running' one); returns
+/// its run_id.
 pub fn insert_run(r: &RunRecord) -> Result<i64> {
-    let args: Vec<DatumWithOid> = vec![
-        r.target.clone().into(),
-        r.started.into(),
-        r.from_version.into(),
-        r.to_version.into(),
-        r.inserted.into(),
-        r.updated.into(),
-        r.deleted.into(),
-        r.skipped.into(),
-        r.change_source.clone().into(),
-        (if r.succeeded { "succeeded" } else { "failed" }).into(),
-        r.message.as_deref().map(crate::error::for_server).into(),
-        r.owner.clone().into(),
-    ];
+    let args = || -> Vec<DatumWithOid> {
+        vec![
+            r.target.clone().into(),
+            r.started.into(),
+            r.from_version.into(),
+            r.to_version.into(),
+            r.inserted.into(),
+            r.updated.into(),
+            r.deleted.into(),
+            r.skipped.into(),
+            r.change_source.clone().into(),
+            (if r.succeeded { "succeeded" } else { "failed" }).into(),
+            r.message.as_deref().map(crate::error::for_server).into(),
+            r.owner.clone().into(),
+        ]
+    };
+    if let Some(id) = CLAIMED.take() {
+        let mut args = args();
+        args.push(id.into());
+        let filled = crate::catalog::as_catalog_owner(|| {
+            Spi::get_one_with_args::<i64>(
+                "UPDATE lakesync.sync_runs SET target = $1, started_at = $2, from_version = $3, \
+                 to_version = $4, rows_inserted = $5, rows_updated = $6, rows_deleted = $7, \
+                 rows_skipped = $8, change_source = $9, status = $10, message = $11, owner = $12, \
+                 finished_at = pg_catalog.clock_timestamp() \
+                 WHERE run_id OPERATOR(pg_catalog.=) $13 \
+                   AND status OPERATOR(pg_catalog.=) 'running' RETURNING run_id",
+                &args,
+            )
+            .map_err(|e| LakeError::Internal(format!("cannot record the sync run: {e}")))
+        })?;
+        if let Some(id) = filled {
+            return Ok(id);
+        }
+    }
     crate::catalog::as_catalog_owner(|| {
         Spi::get_one_with_args::<i64>(
             "INSERT INTO lakesync.sync_runs (target, started_at, from_version, to_version, \
              rows_inserted, rows_updated, rows_deleted, rows_skipped, change_source, status, \
              message, owner) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING run_id",
-            &args,
+            &args(),
         )
         .map_err(|e| LakeError::Internal(format!("cannot record the sync run: {e}")))?
         .ok_or_else(|| LakeError::Internal("cannot record the sync run".into()))

@@ -154,7 +154,7 @@ fn stream(
         super::changes::change_columns(&columns),
         key,
         null_bytes,
-        move |source, names| {
+        move |source, names, _expected| {
             let data_names = &names[..names.len() - 2];
             read_files(source, snapshot, paths, data_names, change_type, order)
         },

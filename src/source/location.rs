@@ -60,16 +60,52 @@ impl SourceLocation {
         mask(self.url.as_str())
     }
 
-    /// Whether the Delta log has a commit for `version`: one file check, no listing — what the
-    /// background worker asks of a continuous table at every poll. None when it cannot tell
-    /// (not a local path).
+    /// When the Delta log's commit for `version` was written (its file's modification time, µs
+    /// since the Unix epoch; 0 when the file system does not say), or None when there is no
+    /// such commit: one file check, no listing — what the background worker asks of a table at
+    /// every poll. Err when it cannot tell (not a local path, an I/O error).
+    pub fn commit_time(&self, version: i64) -> std::result::Result<Option<i64>, ()> {
+        let dir = self.url.to_file_path()?;
+        match std::fs::metadata(dir.join("_delta_log").join(format!("{version:020}.json"))) {
+            Ok(m) => Ok(Some(
+                m.modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_micros() as i64),
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(_) => Err(()),
+        }
+    }
+
+    /// Whether the Delta log has a commit for `version` (None: cannot tell).
     pub fn has_commit(&self, version: i64) -> Option<bool> {
-        let dir = self.url.to_file_path().ok()?;
-        Some(
-            dir.join("_delta_log")
-                .join(format!("{version:020}.json"))
-                .exists(),
-        )
+        self.commit_time(version).ok().map(|t| t.is_some())
+    }
+
+    /// The newest version in the log, found from `known` (a version that exists, or -1) by
+    /// checking single commit files — doubling steps forward, then halving back — so a log
+    /// that is n versions ahead costs about 2·log2(n) checks and one that is not, one.
+    pub fn latest_commit(&self, known: i64) -> Option<i64> {
+        let (mut lo, mut step) = (known, 1i64);
+        let mut hi = loop {
+            let v = lo + step;
+            if self.has_commit(v)? {
+                lo = v;
+                step = step.saturating_mul(2);
+            } else {
+                break v;
+            }
+        };
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if self.has_commit(mid)? {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        Some(lo)
     }
 
     /// Fails fast, with a precise message, when a local table is not there.

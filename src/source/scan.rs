@@ -11,7 +11,7 @@ use crate::options::NullBytes;
 use crate::types::encode::{ColumnPlan, EncodeStats, RowEncoder, COPY_HEADER, COPY_TRAILER};
 use delta_kernel::engine::arrow_data::ArrowEngineData;
 use delta_kernel::EngineData;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +20,8 @@ const CHUNK_BYTES: usize = 1 << 20;
 const CHUNKS_IN_FLIGHT: usize = 4;
 
 pub enum Chunk {
-    Data(Vec<u8>),
+    /// Binary COPY rows, and how many rows they hold.
+    Data(Vec<u8>, u64),
     Done(EncodeStats),
     Failed(LakeError),
 }
@@ -28,6 +29,9 @@ pub enum Chunk {
 pub struct ScanStream {
     rx: Receiver<Chunk>,
     stopped: Arc<AtomicBool>,
+    /// How many rows the scan will yield, as the Delta log's file statistics say (-1 while
+    /// not known, or when a file has none): the progress `lakesync.status` shows.
+    pub expected: Arc<AtomicI64>,
 }
 
 impl Drop for ScanStream {
@@ -69,7 +73,8 @@ pub fn start(
         columns,
         key,
         null_bytes,
-        |source, names| {
+        |source, names, expected| {
+            count_expected(source, expected.clone());
             let schema = source.snapshot.schema().project(names)?;
             let scan = source
                 .snapshot
@@ -95,7 +100,9 @@ pub fn start_with<F, E>(
     on_error: E,
 ) -> ScanStream
 where
-    F: FnOnce(&DeltaSource, &[&str]) -> delta_kernel::DeltaResult<Batches> + Send + 'static,
+    F: FnOnce(&DeltaSource, &[&str], &Arc<AtomicI64>) -> delta_kernel::DeltaResult<Batches>
+        + Send
+        + 'static,
     E: Fn(&DeltaSource, delta_kernel::Error) -> LakeError + Send + 'static,
 {
     let (tx, rx) = sync_channel(CHUNKS_IN_FLIGHT);
@@ -103,6 +110,8 @@ where
     let repertoire = crate::types::repertoire::for_database();
     let stopped = Arc::new(AtomicBool::new(false));
     let stop = stopped.clone();
+    let expected = Arc::new(AtomicI64::new(-1));
+    let expect = expected.clone();
     std::thread::Builder::new()
         .name("lakesync-scan".into())
         .spawn(move || {
@@ -111,6 +120,7 @@ where
                 tx: &tx,
                 stop,
                 repertoire,
+                expected: expect,
             };
             let produced = produce(
                 &source, &columns, &key, null_bytes, batches, &on_error, &out,
@@ -120,7 +130,11 @@ where
             }
         })
         .expect("cannot start the pg_lakesync scan thread");
-    ScanStream { rx, stopped }
+    ScanStream {
+        rx,
+        stopped,
+        expected,
+    }
 }
 
 /// Where the scan thread sends its chunks, and the flag the backend raises when it stops
@@ -129,6 +143,7 @@ struct Out<'a> {
     tx: &'a SyncSender<Chunk>,
     stop: Arc<AtomicBool>,
     repertoire: Option<Arc<crate::types::repertoire::Repertoire>>,
+    expected: Arc<AtomicI64>,
 }
 
 impl Out<'_> {
@@ -147,7 +162,7 @@ fn produce<F, E>(
     out: &Out,
 ) -> Result<()>
 where
-    F: FnOnce(&DeltaSource, &[&str]) -> delta_kernel::DeltaResult<Batches>,
+    F: FnOnce(&DeltaSource, &[&str], &Arc<AtomicI64>) -> delta_kernel::DeltaResult<Batches>,
     E: Fn(&DeltaSource, delta_kernel::Error) -> LakeError,
 {
     let _guard = runtime().enter();
@@ -161,7 +176,8 @@ where
     let mut stats = EncodeStats::default();
     let mut buf = Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 4);
     buf.extend_from_slice(COPY_HEADER);
-    let batches = batches(source, &names).map_err(|e| on_error(source, e))?;
+    let batches = batches(source, &names, &out.expected).map_err(|e| on_error(source, e))?;
+    let mut sent_rows = 0u64;
     for data in batches {
         if out.stopped() {
             return Ok(()); // the backend stopped listening: cancelled or failed
@@ -180,14 +196,46 @@ where
         if buf.len() >= CHUNK_BYTES {
             let full =
                 std::mem::replace(&mut buf, Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 4));
-            if out.tx.send(Chunk::Data(full)).is_err() {
+            let rows = stats.rows - std::mem::replace(&mut sent_rows, stats.rows);
+            if out.tx.send(Chunk::Data(full, rows)).is_err() {
                 return Ok(()); // the backend stopped listening: cancelled or failed
             }
         }
     }
     buf.extend_from_slice(COPY_TRAILER);
-    if out.tx.send(Chunk::Data(buf)).is_ok() {
+    if out
+        .tx
+        .send(Chunk::Data(buf, stats.rows - sent_rows))
+        .is_ok()
+    {
         let _ = out.tx.send(Chunk::Done(stats));
     }
     Ok(())
+}
+
+/// Sums the rows the snapshot's files hold, from the log's statistics, on a thread of its own
+/// (a second replay of the log, beside the scan's): -1 stays when a file has no statistics.
+fn count_expected(source: &DeltaSource, expected: Arc<AtomicI64>) {
+    let (snapshot, engine) = (source.snapshot.clone(), source.engine.clone());
+    let _ = std::thread::Builder::new()
+        .name("lakesync-count".into())
+        .spawn(move || {
+            let _guard = runtime().enter();
+            let count = || -> delta_kernel::DeltaResult<Option<u64>> {
+                let scan = snapshot.scan_builder().build()?;
+                let mut total = Some(0u64);
+                for meta in scan.scan_metadata(engine.as_ref())? {
+                    total = meta?.visit_scan_files(total, |t, f| {
+                        *t = t.zip(f.stats.as_ref()).map(|(t, s)| t + s.num_records)
+                    })?;
+                    if total.is_none() {
+                        break;
+                    }
+                }
+                Ok(total)
+            };
+            if let Ok(Some(total)) = count() {
+                expected.store(total as i64, Ordering::Relaxed);
+            }
+        });
 }

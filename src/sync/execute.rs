@@ -101,6 +101,12 @@ pub fn execute(
     ) {
         apply::copy::refuse_row_security(run.relid);
     }
+    let _on_board = match decision {
+        Decision::Snapshot { .. } | Decision::Incremental { .. } => {
+            Some(record::board::sync_started(run.relid, source.version()))
+        }
+        _ => None,
+    };
     match decision {
         Decision::Fail(e) => Err(e),
         Decision::Nothing => {
@@ -237,6 +243,7 @@ pub fn load_snapshot(
         None
     };
     run.evolve()?;
+    let _on_board = record::board::sync_started(run.relid, source.version());
     let meta = source.clone();
     let stream = scan::start(
         source,

@@ -231,6 +231,9 @@ pub fn worker_job(relid: pg_sys::Oid) -> Result<Option<(String, pg_sys::Oid)>> {
     };
     let (owner, owner_name) = catalog::relation_owner(relid)?;
     if owner_name == spec_owner {
+        // Committed before the sync starts: a crash mid-sync leaves it 'running', for the
+        // scheduler to mark failed.
+        crate::record::claim_running_run(&target, &spec_owner)?;
         return Ok(Some((target, owner)));
     }
     let message = format!(

@@ -71,5 +71,6 @@ pub fn init() {
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         launcher::register();
         hooks::install();
+        crate::record::board::init();
     }
 }

@@ -9,6 +9,7 @@
 use super::{
     ENABLED, MAX_RETRY_INTERVAL_S, MAX_WORKERS, POLL_INTERVAL_MS, SCHEDULER_TYPE, SYNC_TYPE,
 };
+use crate::record::board;
 use crate::source::location::SourceLocation;
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime,
@@ -18,17 +19,21 @@ use pgrx::prelude::*;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-/// Which synced tables the worker may have to sync now, longest unsynced first: continuous ones
-/// (if a new version is there), and those `lakesync.next_sync` says are due (a schedule, a
-/// retry). `$1` is the longest retry wait.
-const DUE: &str = "\
+/// The synced tables the worker watches (all but the paused ones), longest unsynced first, and
+/// whether each may have to be synced now: a continuous one (if a new version is there), one
+/// `lakesync.next_sync` says is due (a schedule, a retry). `$1` is the longest retry wait.
+const WATCHED: &str = "\
     SELECT pg_catalog.to_regclass(s.target)::pg_catalog.oid, s.mode, s.source, s.synced_version, \
-           s.state = 'failed', pg_catalog.date_part('epoch', s.last_sync_finished) \
+           s.state = 'failed', pg_catalog.date_part('epoch', s.last_sync_finished), \
+           (s.mode = 'continuous' AND s.state IN ('new', 'synced')) \
+            OR COALESCE(lakesync.next_sync(s, $1::pg_catalog.interval) <= pg_catalog.now(), false) \
       FROM lakesync.synced_tables s \
      WHERE pg_catalog.to_regclass(s.target) IS NOT NULL AND NOT s.paused \
-       AND ((s.mode = 'continuous' AND s.state IN ('new', 'synced')) \
-            OR lakesync.next_sync(s, $1::pg_catalog.interval) <= pg_catalog.now()) \
      ORDER BY s.last_sync_finished NULLS FIRST";
+
+/// How often the latest Delta version of a table that is not continuous is looked for (for
+/// `lakesync.status`; continuous ones at every poll).
+const WATCH_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How long a scheduler started by `CREATE EXTENSION` waits for that transaction to commit.
 const WAIT_FOR_EXTENSION: Duration = Duration::from_secs(10);
@@ -39,6 +44,8 @@ struct Due {
     source: String,
     synced_version: Option<i64>,
     retry: bool,
+    /// May have to be synced now (see WATCHED).
+    due: bool,
     /// When the spec's last sync finished (epoch seconds): a worker that exits without changing
     /// it made no progress (it could not even record a failure).
     finished: Option<f64>,
@@ -85,6 +92,8 @@ pub extern "C-unwind" fn lakesync_scheduler_main(_arg: pg_sys::Datum) {
     }
     pgrx::log!("pg_lakesync scheduler started");
     let mut attempts: HashMap<pg_sys::Oid, Attempt> = HashMap::new();
+    let mut watched: HashMap<pg_sys::Oid, Instant> = HashMap::new();
+    let mut swept: Option<Instant> = None;
     let mut warned_version = false;
     let mut last_error_log: Option<Instant> = None;
     while BackgroundWorker::wait_latch(Some(poll_interval())) {
@@ -94,12 +103,19 @@ pub extern "C-unwind" fn lakesync_scheduler_main(_arg: pg_sys::Datum) {
         if !ENABLED.get() {
             continue;
         }
-        let poll =
-            BackgroundWorker::transaction(|| match crate::subxact::run(false, || Ok(read_due())) {
+        // Runs a worker left unfinished (it was killed, or the server crashed) are marked
+        // failed at start, and then every WATCH_INTERVAL.
+        let sweep = swept.is_none_or(|t| t.elapsed() >= WATCH_INTERVAL);
+        let poll = BackgroundWorker::transaction(|| {
+            match crate::subxact::run(true, || Ok(read_due(sweep))) {
                 Ok(Ok(poll)) => Ok(poll),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(caught) => Err(crate::subxact::message(&caught)),
-            });
+            }
+        });
+        if sweep && matches!(poll, Ok(Poll::Due(..))) {
+            swept = Some(Instant::now());
+        }
         let (due, busy) = match poll {
             Ok(Poll::Due(due, busy)) => (due, busy),
             Ok(Poll::Gone) => break, // the extension was dropped, or another scheduler serves
@@ -119,6 +135,7 @@ pub extern "C-unwind" fn lakesync_scheduler_main(_arg: pg_sys::Datum) {
             }
         };
         warned_version = false;
+        let due = watch(due, &mut watched);
         dispatch(db, due, busy, &mut attempts);
     }
 }
@@ -165,7 +182,7 @@ fn dispatch(db: u32, due: Vec<Due>, busy: i64, attempts: &mut HashMap<pg_sys::Oi
             }
             None => {}
         }
-        if now < a.next_try || !worth_a_sync(&d) {
+        if now < a.next_try {
             continue;
         }
         if free <= 0 {
@@ -203,8 +220,9 @@ fn installed_version() -> Option<String> {
     .flatten()
 }
 
-/// The due tables and how many syncs run in the cluster now.
-fn read_due() -> Poll {
+/// The watched tables and how many syncs run in the cluster now; first, when `sweep`, marks
+/// the unfinished runs of workers that are gone failed.
+fn read_due(sweep: bool) -> Poll {
     match installed_version() {
         None => return Poll::Gone,
         Some(v) if v != env!("CARGO_PKG_VERSION") => return Poll::OtherVersion(v),
@@ -226,9 +244,16 @@ fn read_due() -> Poll {
     if other == Some(true) {
         return Poll::Gone;
     }
+    if sweep {
+        match crate::record::sweep_unfinished() {
+            Ok(0) => {}
+            Ok(n) => pgrx::log!("pg_lakesync scheduler: marked {n} unfinished sync run(s) failed"),
+            Err(e) => pgrx::warning!("pg_lakesync scheduler: {e}"),
+        }
+    }
     let max_retry = format!("{} seconds", MAX_RETRY_INTERVAL_S.get());
     let due = Spi::connect(|c| {
-        let rows = c.select(DUE, None, &[max_retry.as_str().into()])?;
+        let rows = c.select(WATCHED, None, &[max_retry.as_str().into()])?;
         let mut out = Vec::new();
         for r in rows {
             out.push(Due {
@@ -238,6 +263,7 @@ fn read_due() -> Poll {
                 synced_version: r.get::<i64>(4)?,
                 retry: r.get::<bool>(5)?.unwrap_or(false),
                 finished: r.get::<f64>(6)?,
+                due: r.get::<bool>(7)?.unwrap_or(false),
             });
         }
         Ok::<_, pgrx::spi::Error>(out)
@@ -246,17 +272,53 @@ fn read_due() -> Poll {
     Poll::Due(due, busy.unwrap_or(0))
 }
 
-/// A continuous table needs a sync when its next version's commit is there (or to retry, or
-/// when it cannot tell); everything else the query found due.
-fn worth_a_sync(d: &Due) -> bool {
-    if !d.continuous || d.retry {
-        return true;
+/// Looks for each watched table's latest Delta version (continuous ones at every poll, the
+/// others every WATCH_INTERVAL), puts it on the board for `lakesync.status`, and returns the
+/// tables to sync: a continuous one when its next version's commit is there (or to retry, or
+/// when it cannot tell); every other due one.
+fn watch(specs: Vec<Due>, watched: &mut HashMap<pg_sys::Oid, Instant>) -> Vec<Due> {
+    let now = Instant::now();
+    watched.retain(|relid, _| specs.iter().any(|d| d.relid == *relid));
+    let mut due = Vec::new();
+    for d in specs {
+        let look = d.continuous
+            || watched
+                .get(&d.relid)
+                .is_none_or(|t| now.duration_since(*t) >= WATCH_INTERVAL);
+        let newer = if look {
+            watched.insert(d.relid, now);
+            observe(&d)
+        } else {
+            None
+        };
+        let sync = d.due && (!d.continuous || d.retry || newer.unwrap_or(true));
+        if sync {
+            due.push(d);
+        }
     }
-    let next = d.synced_version.map_or(0, |v| v + 1);
-    SourceLocation::parse(&d.source)
-        .ok()
-        .and_then(|l| l.has_commit(next))
-        .unwrap_or(true)
+    due
+}
+
+/// Finds the table's latest version and puts it on the board; whether there is a version after
+/// the synced one (None: cannot tell).
+fn observe(d: &Due) -> Option<bool> {
+    let location = SourceLocation::parse(&d.source).ok()?;
+    let synced = d.synced_version.unwrap_or(-1);
+    // What the board saw last, if it is still there (a table replaced at the same path may
+    // have fewer versions).
+    let known = match board::latest_seen(d.relid) {
+        Some(k) if k > synced && location.has_commit(k) == Some(true) => k,
+        _ => synced,
+    };
+    let latest = location.latest_commit(known)?;
+    let pending = synced + 1;
+    let pending_at = if latest >= pending {
+        location.commit_time(pending).ok().flatten()
+    } else {
+        None
+    };
+    board::observed(d.relid, latest, pending, pending_at);
+    Some(latest > synced)
 }
 
 fn start_sync(db: u32, relid: pg_sys::Oid) -> Option<DynamicBackgroundWorker> {

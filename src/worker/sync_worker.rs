@@ -47,8 +47,13 @@ pub extern "C-unwind" fn lakesync_sync_worker_main(_arg: pg_sys::Datum) {
     unsafe {
         pg_sys::SetUserIdAndSecContext(owner, pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
     }
-    BackgroundWorker::transaction(|| match crate::sync::sync_in_worker(&target) {
-        Ok(r) => pgrx::debug1!("pg_lakesync: {}: {}", r.target, r.message),
-        Err(e) => pgrx::log!("pg_lakesync: sync of {target} failed: {e}"),
+    BackgroundWorker::transaction(|| {
+        match crate::sync::sync_in_worker(&target) {
+            Ok(r) => pgrx::debug1!("pg_lakesync: {}: {}", r.target, r.message),
+            Err(e) => pgrx::log!("pg_lakesync: sync of {target} failed: {e}"),
+        }
+        if let Err(e) = crate::record::release_claimed_run() {
+            pgrx::log!("pg_lakesync: {target}: {e}");
+        }
     });
 }

@@ -1,0 +1,122 @@
+"""What lakesync.status shows beyond the catalog, on a cluster with the library preloaded: the
+latest Delta version the worker has seen, versions behind and lag for a table nobody syncs, a
+running sync's progress and the triggered states; cron schedules."""
+import json
+import time
+from datetime import datetime, timedelta, timezone
+
+import psycopg
+import pytest
+
+from conftest import database_with_extension
+from pgcluster import wait_for
+from test_worker import ids, scheduler_running, table_path, wcluster, write  # noqa: F401
+
+STATUS = ("SELECT state, synced_version, latest_version, versions_behind, lag_seconds "
+          "FROM lakesync.status WHERE target = %s")
+
+
+@pytest.fixture()
+def sdb(wcluster):  # noqa: F811
+    yield from database_with_extension(wcluster, "s")
+
+
+def test_latest_version_versions_behind_and_lag_of_an_on_demand_table(sdb):
+    path = table_path()
+    write(path, [{"id": 1}])
+    sdb.execute("SELECT create_synced_table('t', %s, ARRAY['id'], 'triggered')", (path,))
+    assert wait_for(lambda: scheduler_running(sdb), timeout=15)
+    # Caught up: nothing pending.
+    assert wait_for(lambda: sdb.execute(STATUS, ("public.t",)).fetchone()
+                    == ("online_no_pending_update", 0, 0, 0, 0), timeout=15), \
+        sdb.execute(STATUS, ("public.t",)).fetchone()
+    first_unsynced = time.time()
+    for i in range(2, 5):
+        write(path, [{"id": i}])
+    # The worker looks at a table that is not continuous every 10 s; it syncs nothing by itself.
+    assert wait_for(lambda: sdb.execute(STATUS, ("public.t",)).fetchone()[2] == 3, timeout=25), \
+        sdb.execute(STATUS, ("public.t",)).fetchone()
+    state, synced, latest, behind, lag = sdb.execute(STATUS, ("public.t",)).fetchone()
+    assert (state, synced, latest, behind) == ("online", 0, 3, 3)
+    # Lag counts from the commit of the oldest unsynced version (version 1).
+    assert time.time() - first_unsynced - 1 <= lag <= time.time() - first_unsynced + 2, lag
+    assert ids(sdb) == [1]
+    sdb.execute("SELECT sync_now('t')")
+    assert sdb.execute(STATUS, ("public.t",)).fetchone() == ("online_no_pending_update", 3, 3, 0, 0)
+
+
+def test_a_running_sync_shows_its_progress_and_the_triggered_state(sdb, wcluster):  # noqa: F811
+    path = table_path()
+    write(path, [{"id": i} for i in range(1000)])
+    sdb.execute("SELECT create_synced_table('t', %s, ARRAY['id'], 'snapshot')", (path,))
+    write(path, [{"id": i} for i in range(1000, 1500)])
+    # A sync_now held at its commit point, seen from another session: every row written, as
+    # many as the Delta log's statistics announced.
+    with psycopg.connect(wcluster.dsn(dbname=sdb.dbname_), autocommit=True) as syncer:
+        syncer.execute("SET lakesync.debug_pause = 'commit:4'")
+        began = time.time()
+        syncer.execute("SELECT pg_backend_pid()")
+        pid, = syncer.execute("SELECT pg_backend_pid()").fetchone()
+        import threading
+        t = threading.Thread(target=lambda: syncer.execute("SELECT sync_now('t')"))
+        t.start()
+        try:
+            assert wait_for(lambda: sdb.execute(
+                "SELECT sync_rows_done FROM lakesync.status").fetchone() == (1500,), timeout=4)
+            row = sdb.execute("SELECT state, sync_rows_done, sync_rows_expected, latest_version "
+                              "FROM lakesync.status").fetchone()
+            assert row == ("online_triggered_update", 1500, 1500, 1), row
+        finally:
+            t.join()
+    assert time.time() - began >= 3
+    row = sdb.execute("SELECT state, synced_version, sync_rows_done, sync_rows_expected "
+                      "FROM lakesync.status").fetchone()
+    assert row[0] in ("online_no_pending_update", "online") and row[1:] == (1, None, None), row
+    assert pid
+
+
+def test_cron_schedule_fires_on_the_minute(sdb):
+    path = table_path()
+    write(path, [{"id": 1}])
+    sdb.execute("SELECT create_synced_table('t', %s, ARRAY['id'], 'triggered', "
+                "'{\"schedule\": \"* * * * *\"}')", (path,))
+    started, nxt = sdb.execute("SELECT s.last_sync_started, st.next_sync FROM "
+                               "lakesync.synced_tables s JOIN lakesync.status st USING (target)"
+                               ).fetchone()
+    minute = started.astimezone(timezone.utc).replace(second=0, microsecond=0)
+    assert nxt == minute + timedelta(minutes=1)
+    write(path, [{"id": 2}])
+    assert wait_for(lambda: ids(sdb) == [1, 2], timeout=75), ids(sdb)
+    fired, = sdb.execute("SELECT last_sync_started FROM lakesync.synced_tables").fetchone()
+    assert fired >= nxt and (fired - nxt).total_seconds() < 5, (fired, nxt)
+    assert fired.astimezone(timezone.utc).second < 5
+
+
+@pytest.mark.parametrize("schedule,after,expected", [
+    ("*/15 * * * *", "2026-12-02 10:07:30+00", "2026-12-02 10:15:00+00"),
+    ("0 3 * * 1-5", "2026-12-04 03:00:00+00", "2026-12-07 03:00:00+00"),   # Fri -> Mon
+    ("0 0 1 * *", "2026-12-31 23:59:59+00", "2027-01-01 00:00:00+00"),
+    ("@hourly", "2026-12-02 10:00:00+00", "2026-12-02 11:00:00+00"),
+    ("0 12 13 * 5", "2026-12-02 00:00:00+00", "2026-12-04 12:00:00+00"),  # day OR weekday
+    ("5 minutes", "2026-12-02 10:00:00+00", None),
+])
+def test_cron_next(sdb, schedule, after, expected):
+    got, = sdb.execute("SELECT lakesync.cron_next(%s, %s::timestamptz)", (schedule, after)
+                       ).fetchone()
+    want = None if expected is None else datetime.fromisoformat(expected)
+    assert got == want
+
+
+def test_bad_cron_schedules_are_refused_with_a_hint(sdb):
+    path = table_path()
+    write(path, [{"id": 1}])
+    for schedule, words in [("61 * * * *", "is not a valid cron expression"),
+                            ("* * * *  * *", "must be an interval"),
+                            ("0 0 31 2 *", "never fires"),
+                            ("@fortnightly", "is not a valid cron expression")]:
+        with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
+            sdb.execute("SELECT create_synced_table('t', %s, ARRAY['id'], 'snapshot', %s)",
+                        (path, json.dumps({"schedule": schedule})))
+        assert words in e.value.diag.message_primary, (schedule, e.value.diag.message_primary)
+        assert "cron expression" in e.value.diag.message_hint
+    assert sdb.execute("SELECT count(*) FROM lakesync.synced_tables").fetchone() == (0,)
