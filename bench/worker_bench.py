@@ -53,9 +53,9 @@ def percentile(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
-def lag(cluster, tables, commits, rate):
+def lag(cluster, tables, commits, rate, prefix=None):
     conn = psycopg.connect(cluster.dsn(), autocommit=True)
-    prefix = f"w3_{tables}_"
+    prefix = prefix or f"w3_{tables}_"
     paths = make_tables(conn, tables, prefix)
     listener = psycopg.connect(cluster.dsn(), autocommit=True)
     listener.execute("LISTEN lakesync")
@@ -97,9 +97,97 @@ def lag(cluster, tables, commits, rate):
                 visible[key] = at
     lags = [visible[k] - committed[k] for k in committed if k in visible]
     missing = len(committed) - len(lags)
+    # Where the lag goes, per commit: until the sync that applied it started (the poll, the
+    # worker's start), and that sync's own duration (from its run row).
+    runs = conn.execute(
+        "SELECT target, from_version, to_version, extract(epoch FROM started_at), "
+        "extract(epoch FROM finished_at) FROM lakesync.sync_runs "
+        "WHERE target LIKE %s AND status = 'succeeded' AND from_version IS NOT NULL",
+        (f"public.{prefix}%",)).fetchall()
+    waits, durations = [], []
+    for target, lo, hi, start, end in runs:
+        durations.append(float(end) - float(start))
+        for v in range(lo + 1, hi + 1):
+            if (target, v) in committed:
+                waits.append(float(start) - committed[(target, v)])
     conn.close()
     listener.close()
-    return lags, missing, rows / (time.time() - began)
+    return lags, missing, rows / (time.time() - began), waits, durations
+
+
+def sustained(cluster, sizes, commits, rate):
+    """One continuous table fed `commits` commits of n rows at `rate` commits/s, for growing n:
+    the lag at each offered rate. Falling behind shows as a p99 far above p50 (the later commits
+    wait for the earlier ones); the last size whose p99 stays under 2 s is what it keeps up with."""
+    conn = psycopg.connect(cluster.dsn(), autocommit=True)
+    path = os.path.join(world_readable_tmpdir(), "w3s")
+    write_deltalake(path, batch(0, 1), configuration=CDF)
+    os.system(f"chmod -R a+rX {path}")
+    conn.execute("SELECT create_synced_table('w3s', %s, ARRAY['id'], 'continuous')", (path,))
+    listener = psycopg.connect(cluster.dsn(), autocommit=True)
+    listener.execute("LISTEN lakesync")
+    out, next_id, version = [], 1, 0
+    for n in sizes:
+        data = [batch(next_id + i * n, n) for i in range(commits)]
+        committed, seen = {}, []
+        began = time.time()
+        for i in range(commits):
+            write_deltalake(path, data[i], mode="append")
+            version += 1
+            committed[version] = time.time()
+            for note in listener.notifies(timeout=0.001, stop_after=None):
+                seen.append((json.loads(note.payload)["to_version"], time.time()))
+            time.sleep(max(0.0, began + (i + 1) / rate - time.time()))
+        offered = n * commits / (time.time() - began)
+        next_id += n * commits
+        deadline = time.time() + 120
+        while time.time() < deadline and (not seen or max(v for v, _ in seen) < version):
+            for note in listener.notifies(timeout=0.5, stop_after=None):
+                seen.append((json.loads(note.payload)["to_version"], time.time()))
+        lags = []
+        for v, at in committed.items():
+            after = [t for to, t in seen if to >= v]
+            lags.append((min(after) if after else time.time()) - at)
+        out.append((n, offered, percentile(lags, 50), percentile(lags, 99)))
+        if percentile(lags, 99) > 10:
+            break  # far behind: larger commits only fall further
+    conn.close()
+    listener.close()
+    return out
+
+
+def isolation(cluster, big_rows, commits, rate):
+    """W3 lag of 5 continuous tables while the worker loads a big snapshot of another table
+    (a SNAPSHOT table with a 1-second schedule whose source was just overwritten with
+    `big_rows` rows), against the same 5 tables' lag without it, in the same run."""
+    conn = psycopg.connect(cluster.dsn(), autocommit=True)
+    path = os.path.join(world_readable_tmpdir(), "w3big")
+    write_deltalake(path, batch(0, 1))
+    os.system(f"chmod -R a+rX {path}")
+    conn.execute("SELECT create_synced_table('w3big', %s, ARRAY['id'], 'snapshot', "
+                 "'{\"schedule\": \"1 second\"}')", (path,))
+    conn.execute("SELECT pause_sync('w3big')")
+    ids = pa.array(range(big_rows), type=pa.int64())
+    write_deltalake(path, pa.table({"id": ids, "v": pa.array(["x" * 20] * big_rows)}),
+                    mode="overwrite")
+    os.system(f"chmod -R a+rX {path}")
+    alone = lag(cluster, 5, commits, rate, "w3a_")[0]
+    conn.execute("SELECT resume_sync('w3big')")
+    began = time.time()
+    while conn.execute("SELECT sync_rows_done IS NULL FROM lakesync.status "
+                       "WHERE target = 'public.w3big'").fetchone()[0]:
+        if time.time() - began > 30:
+            break
+        time.sleep(0.1)
+    beside = lag(cluster, 5, commits, rate, "w3b_")[0]
+    busy = conn.execute("SELECT sync_rows_done IS NOT NULL FROM lakesync.status "
+                        "WHERE target = 'public.w3big'").fetchone()[0]
+    while conn.execute("SELECT synced_version FROM lakesync.synced_tables "
+                       "WHERE target = 'public.w3big'").fetchone()[0] != 1:
+        time.sleep(1)
+    took = time.time() - began
+    conn.close()
+    return alone, beside, busy, took
 
 
 def cpu_of(pids):
@@ -135,6 +223,9 @@ def main():
     ap.add_argument("--rate", type=float, default=2.0, help="commits per second, in all")
     ap.add_argument("--idle-tables", type=int, default=100)
     ap.add_argument("--idle-seconds", type=int, default=60)
+    ap.add_argument("--sizes", default="1000,5000,20000,50000,100000,200000",
+                    help="rows per commit for the sustained rate, at --rate commits/s")
+    ap.add_argument("--big-rows", type=int, default=10_000_000)
     args = ap.parse_args()
     cluster = Cluster(conf={"shared_preload_libraries": "'pg_lakesync'",
                             "max_worker_processes": "16"}).start()
@@ -146,13 +237,29 @@ def main():
         time.sleep(4)
         print(f"\n## W3/W5: background worker (poll_interval {settings['lakesync.poll_interval']} "
               f"ms, max_workers {settings['lakesync.max_workers']})\n")
-        print("| case | commits | p50 lag | p95 | p99 | max | not seen | rows/s written |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| case | commits | p50 lag | p95 | p99 | max | not seen | rows/s written | "
+              "p50 commit → sync start | p50 sync duration | syncs |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for tables in (1, 20):
-            lags, missing, rate = lag(cluster, tables, args.commits, args.rate)
+            lags, missing, rate, waits, durations = lag(cluster, tables, args.commits, args.rate)
             print(f"| W3 {tables} table{'s' if tables > 1 else ''} | {len(lags) + missing} | "
                   f"{percentile(lags, 50):.2f} s | {percentile(lags, 95):.2f} s | "
-                  f"{percentile(lags, 99):.2f} s | {max(lags):.2f} s | {missing} | {rate:.0f} |")
+                  f"{percentile(lags, 99):.2f} s | {max(lags):.2f} s | {missing} | {rate:.0f} | "
+                  f"{percentile(waits, 50):.2f} s | {percentile(durations, 50):.3f} s | "
+                  f"{len(durations)} |")
+        print("\n| sustained: rows per commit | offered rows/s | p50 lag | p99 lag |")
+        print("|---|---|---|---|")
+        for n, offered, p50, p99 in sustained(cluster, [int(x) for x in args.sizes.split(",")],
+                                               20, args.rate):
+            print(f"| {n} | {offered:.0f} | {p50:.2f} s | {p99:.2f} s |")
+        alone, beside, busy, took = isolation(cluster, args.big_rows, 40, args.rate)
+        print(f"\n| isolation: 5 continuous tables, 40 commits | p50 lag | p99 lag |")
+        print("|---|---|---|")
+        print(f"| alone | {percentile(alone, 50):.2f} s | {percentile(alone, 99):.2f} s |")
+        print(f"| beside a {args.big_rows:,}-row snapshot sync "
+              f"({'still running after' if busy else 'finished within'} the window; "
+              f"{took:.0f} s in all) | {percentile(beside, 50):.2f} s | "
+              f"{percentile(beside, 99):.2f} s |")
         share, syncs = idle(cluster, args.idle_tables, args.idle_seconds)
         print(f"\n| W5 idle | {args.idle_tables} continuous tables, {args.idle_seconds} s | "
               f"CPU {share * 100:.2f} % of one core | syncs started while idle: "

@@ -32,7 +32,7 @@ CREATE TABLE lakesync.sync_runs (
     target        text NOT NULL,
     owner         name NOT NULL DEFAULT current_user,
     started_at    timestamptz NOT NULL,
-    finished_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at   timestamptz DEFAULT clock_timestamp(),  -- NULL while 'running'
     from_version  bigint,
     to_version    bigint,
     rows_inserted bigint NOT NULL DEFAULT 0,

@@ -43,8 +43,9 @@ $$;
 
 -- One row per synced table, as an operator or an application wants to see it. Row security
 -- of lakesync.synced_tables applies to whoever reads it (security_invoker). The latest version,
--- the lag and a running sync's progress come from the worker's board (shared memory; NULL
--- without the preload, and for a table the worker does not watch: a paused one).
+-- the lag and a running sync's progress come from the worker's board (shared memory, keyed
+-- by the table's OID; NULL without the preload, and for a table the worker does not watch: a
+-- paused one).
 CREATE VIEW lakesync.status WITH (security_invoker = true) AS
 SELECT s.target,
        s.mode,
@@ -61,11 +62,14 @@ SELECT s.target,
        END AS state,
        s.synced_version,
        b.latest_version,
-       GREATEST(b.latest_version - COALESCE(s.synced_version, -1), 0) AS versions_behind,
+       CASE WHEN b.latest_version IS NOT NULL
+            THEN GREATEST(b.latest_version - COALESCE(s.synced_version, -1), 0)
+       END AS versions_behind,
        CASE
            WHEN b.latest_version IS NULL THEN NULL
            WHEN b.latest_version <= COALESCE(s.synced_version, -1) THEN 0
            WHEN b.pending_version = COALESCE(s.synced_version, -1) + 1
+                AND b.pending_since IS NOT NULL
            THEN GREATEST(pg_catalog.date_part('epoch', pg_catalog.now() - b.pending_since), 0)
        END AS lag_seconds,
        s.last_sync_finished AS last_sync,
@@ -85,6 +89,6 @@ SELECT s.target,
             ELSE 'not running: add pg_lakesync to shared_preload_libraries and restart the server'
        END AS worker
   FROM lakesync.synced_tables s
-  LEFT JOIN lakesync.board() b ON b.relid = s.target_relid;
+  LEFT JOIN lakesync.board() b ON b.relid = pg_catalog.to_regclass(s.target)::pg_catalog.oid;
 COMMENT ON VIEW lakesync.status IS 'Each synced table''s state, as the background worker sees it';
 GRANT SELECT ON lakesync.status TO PUBLIC;

@@ -2,6 +2,7 @@
 latest Delta version the worker has seen, versions behind and lag for a table nobody syncs, a
 running sync's progress and the triggered states; cron schedules."""
 import json
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -55,9 +56,7 @@ def test_a_running_sync_shows_its_progress_and_the_triggered_state(sdb, wcluster
     with psycopg.connect(wcluster.dsn(dbname=sdb.dbname_), autocommit=True) as syncer:
         syncer.execute("SET lakesync.debug_pause = 'commit:4'")
         began = time.time()
-        syncer.execute("SELECT pg_backend_pid()")
         pid, = syncer.execute("SELECT pg_backend_pid()").fetchone()
-        import threading
         t = threading.Thread(target=lambda: syncer.execute("SELECT sync_now('t')"))
         t.start()
         try:
@@ -66,13 +65,69 @@ def test_a_running_sync_shows_its_progress_and_the_triggered_state(sdb, wcluster
             row = sdb.execute("SELECT state, sync_rows_done, sync_rows_expected, latest_version "
                               "FROM lakesync.status").fetchone()
             assert row == ("online_triggered_update", 1500, 1500, 1), row
+            assert sdb.execute("SELECT sync_pid FROM lakesync.board()").fetchone() == (pid,)
         finally:
             t.join()
     assert time.time() - began >= 3
     row = sdb.execute("SELECT state, synced_version, sync_rows_done, sync_rows_expected "
                       "FROM lakesync.status").fetchone()
-    assert row[0] in ("online_no_pending_update", "online") and row[1:] == (1, None, None), row
-    assert pid
+    assert row == ("online_no_pending_update", 1, None, None), row
+
+
+def test_a_worker_sync_is_a_running_run_until_it_commits(sdb, wcluster):  # noqa: F811
+    path = table_path()
+    write(path, [{"id": i} for i in range(10)])
+    sdb.execute("SELECT create_synced_table('t', %s, ARRAY['id'], 'continuous')", (path,))
+    sdb.execute(f'ALTER DATABASE "{sdb.dbname_}" SET lakesync.debug_pause = \'commit:3\'')
+    try:
+        write(path, [{"id": i} for i in range(10, 17)])
+        assert wait_for(lambda: sdb.execute(
+            "SELECT count(*) FROM lakesync.sync_runs WHERE status = 'running'").fetchone() == (1,),
+            timeout=15)
+        worker, = sdb.execute("SELECT pid FROM pg_stat_activity "
+                              "WHERE backend_type = 'pg_lakesync sync'").fetchone()
+        assert sdb.execute("SELECT pid, finished_at, from_version FROM lakesync.sync_runs "
+                           "WHERE status = 'running'").fetchone() == (worker, None, None)
+        # An incremental sync's progress: the changes staged; no total from the statistics.
+        assert wait_for(lambda: sdb.execute(
+            "SELECT sync_rows_done FROM lakesync.status").fetchone() == (7,), timeout=5)
+        assert sdb.execute("SELECT sync_rows_expected, latest_version, versions_behind "
+                           "FROM lakesync.status").fetchone() == (None, 1, 1)
+        assert wait_for(lambda: ids(sdb) == list(range(17)), timeout=15)
+    finally:
+        sdb.execute(f'ALTER DATABASE "{sdb.dbname_}" RESET lakesync.debug_pause')
+    runs = sdb.execute("SELECT from_version, to_version, status, pid IS NOT NULL, "
+                       "finished_at IS NOT NULL FROM lakesync.sync_runs ORDER BY run_id"
+                       ).fetchall()
+    assert runs == [(None, 0, "succeeded", False, True), (0, 1, "succeeded", True, True)], runs
+
+
+def test_the_board_shows_each_role_only_its_own_tables(sdb, wcluster):  # noqa: F811
+    path = table_path()
+    write(path, [{"id": 1}])
+    sdb.execute("SELECT create_synced_table('t', %s, ARRAY['id'], 'triggered')", (path,))
+    assert wait_for(lambda: sdb.execute("SELECT count(*) FROM lakesync.board()").fetchone()
+                    == (1,), timeout=15)
+    sdb.execute("CREATE ROLE snoop LOGIN")
+    try:
+        sdb.execute("GRANT SELECT ON t TO snoop")
+        with psycopg.connect(wcluster.dsn(dbname=sdb.dbname_, user="snoop"),
+                             autocommit=True) as c:
+            assert c.execute("SELECT count(*) FROM lakesync.board()").fetchone() == (0,)
+            assert c.execute("SELECT count(*) FROM lakesync.status").fetchone() == (0,)
+    finally:
+        sdb.execute("DROP OWNED BY snoop")
+        sdb.execute("DROP ROLE snoop")
+
+
+def test_without_the_preload_what_the_worker_would_see_is_null(db):
+    path = table_path()
+    write(path, [{"id": 1}])
+    db.execute("SELECT create_synced_table('t', %s, ARRAY['id'], 'triggered')", (path,))
+    assert db.execute("SELECT state, synced_version, latest_version, versions_behind, "
+                      "lag_seconds, sync_rows_done FROM lakesync.status").fetchone() == (
+        "online", 0, None, None, None, None)
+    assert db.execute("SELECT count(*) FROM lakesync.board()").fetchone() == (0,)
 
 
 def test_cron_schedule_fires_on_the_minute(sdb):
@@ -111,7 +166,9 @@ def test_bad_cron_schedules_are_refused_with_a_hint(sdb):
     path = table_path()
     write(path, [{"id": 1}])
     for schedule, words in [("61 * * * *", "is not a valid cron expression"),
-                            ("* * * *  * *", "must be an interval"),
+                            ("*/5 * * *", "is not a valid cron expression"),
+                            ("1 2 3 4 5 6", "must be an interval"),
+                            ("* * * *  * *", "is not a valid cron expression"),
                             ("0 0 31 2 *", "never fires"),
                             ("@fortnightly", "is not a valid cron expression")]:
         with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
@@ -120,3 +177,20 @@ def test_bad_cron_schedules_are_refused_with_a_hint(sdb):
         assert words in e.value.diag.message_primary, (schedule, e.value.diag.message_primary)
         assert "cron expression" in e.value.diag.message_hint
     assert sdb.execute("SELECT count(*) FROM lakesync.synced_tables").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("schedule,step", [("@ 1 day 2 hours", timedelta(days=1, hours=2)),
+                                           ("1 mon 2 days 03:00:00", None),
+                                           ("1 day 2 hours 30", None)])
+def test_intervals_of_five_words_are_intervals_not_cron(sdb, schedule, step):
+    path = table_path()
+    write(path, [{"id": 1}])
+    sdb.execute("SELECT create_synced_table('t', %s, ARRAY['id'], 'snapshot', %s)",
+                (path, json.dumps({"schedule": schedule})))
+    started, nxt, want = sdb.execute(
+        "SELECT s.last_sync_started, st.next_sync, s.last_sync_started + %s::interval "
+        "FROM lakesync.synced_tables s JOIN lakesync.status st USING (target)", (schedule,)
+    ).fetchone()
+    assert nxt == want
+    if step:
+        assert nxt - started == step

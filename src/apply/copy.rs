@@ -75,6 +75,7 @@ unsafe extern "C-unwind" fn copy_data_source(
         let next = FEED.with(|f| f.borrow().last().map(|feed| feed.stream.next_timeout(POLL)));
         match next {
             None | Some(Next::Waiting) => {
+                publish_expected();
                 pgrx::check_for_interrupts!();
             }
             Some(Next::Chunk(Chunk::Data(bytes, rows))) => {
@@ -93,11 +94,24 @@ unsafe extern "C-unwind" fn copy_data_source(
                 }
             }
             Some(Next::Chunk(Chunk::Done(stats))) => {
+                publish_expected();
                 FEED.with(|f| f.borrow_mut().last_mut().unwrap().stats = Some(stats));
                 return written as i32; // end of data
             }
             Some(Next::Chunk(Chunk::Failed(e))) => e.raise(),
         }
+    }
+}
+
+/// Puts the rows the scan expects on the board once its count (a thread of its own) is in.
+fn publish_expected() {
+    let expected = FEED.with(|f| {
+        f.borrow()
+            .last()
+            .map_or(-1, |feed| feed.stream.expected.load(Ordering::Relaxed))
+    });
+    if expected >= 0 {
+        crate::record::board::progress(0, expected);
     }
 }
 

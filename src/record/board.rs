@@ -68,8 +68,9 @@ fn this_db() -> u32 {
     u32::from(unsafe { pg_sys::MyDatabaseId })
 }
 
-/// Runs `f` on the table's slot (taking one if it has none).
-fn with_slot(relid: pg_sys::Oid, f: impl FnOnce(&mut Slot)) {
+/// Runs `f` on the table's slot; when it has none and `take`, on a new one (a free slot, else
+/// the least recently touched one without a running sync).
+fn with_slot(relid: pg_sys::Oid, take: bool, f: impl FnOnce(&mut Slot)) {
     if !READY.load(Ordering::Relaxed) || relid == pg_sys::InvalidOid {
         return;
     }
@@ -81,14 +82,18 @@ fn with_slot(relid: pg_sys::Oid, f: impl FnOnce(&mut Slot)) {
         .position(|s| s.used && s.db == db && s.relid == relid)
     {
         Some(i) => i,
+        None if !take => return,
         None => {
-            let i = board
+            let Some(i) = board
                 .slots
                 .iter()
                 .enumerate()
+                .filter(|(_, s)| !s.used || s.sync_pid == 0)
                 .min_by_key(|(_, s)| if s.used { s.touched } else { i64::MIN })
                 .map(|(i, _)| i)
-                .unwrap_or(0);
+            else {
+                return; // every slot has a running sync
+            };
             board.slots[i] = Slot {
                 used: true,
                 db,
@@ -108,10 +113,20 @@ fn with_slot(relid: pg_sys::Oid, f: impl FnOnce(&mut Slot)) {
 /// The scheduler saw `latest` as the newest version of the table's Delta log, and
 /// `pending`, the first version after the synced one, committed at `pending_at`.
 pub fn observed(relid: pg_sys::Oid, latest: i64, pending: i64, pending_at: Option<i64>) {
-    with_slot(relid, |s| {
+    with_slot(relid, true, |s| {
         s.latest = latest;
         s.pending = pending;
         s.pending_at = pending_at.unwrap_or(0);
+    });
+}
+
+/// Forgets what the scheduler saw of the table's log (it no longer watches it: paused or
+/// dropped); a running sync's progress stays.
+pub fn forget(relid: pg_sys::Oid) {
+    with_slot(relid, false, |s| {
+        s.latest = -1;
+        s.pending = 0;
+        s.pending_at = 0;
     });
 }
 
@@ -148,7 +163,7 @@ pub fn sync_started(relid: pg_sys::Oid, version: i64) -> Running {
         EXIT_HOOKED.set(true);
     }
     let pid = unsafe { pg_sys::MyProcPid };
-    with_slot(relid, |s| {
+    with_slot(relid, true, |s| {
         s.sync_pid = pid;
         s.rows_done = 0;
         s.rows_expected = -1;
@@ -172,7 +187,7 @@ impl Drop for Running {
 
 fn finish(relid: pg_sys::Oid) {
     let pid = unsafe { pg_sys::MyProcPid };
-    with_slot(relid, |s| {
+    with_slot(relid, false, |s| {
         if s.sync_pid == pid {
             s.sync_pid = 0;
             s.rows_done = 0;
@@ -192,7 +207,7 @@ unsafe extern "C-unwind" fn clear_at_exit(_code: i32, _arg: pg_sys::Datum) {
 /// (negative: not known).
 pub fn progress(rows: i64, expected: i64) {
     if let Some(relid) = RUNNING.get() {
-        with_slot(relid, |s| {
+        with_slot(relid, false, |s| {
             s.rows_done += rows;
             if expected >= 0 {
                 s.rows_expected = expected;
@@ -201,8 +216,9 @@ pub fn progress(rows: i64, expected: i64) {
     }
 }
 
-/// The board's rows for this database's tables the caller may read (SELECT on the table):
-/// what `lakesync.status` joins on `target_relid`. Empty without the preload.
+/// The board's rows for this database's tables the caller owns (as row security shows each
+/// role its own specs; a superuser all): what `lakesync.status` joins on the table's OID.
+/// Empty without the preload.
 /// SQL `lakesync.board()`, created in src/status.sql.
 #[pg_extern(sql = false)]
 #[allow(clippy::type_complexity)]
@@ -232,16 +248,17 @@ fn lakesync_board() -> TableIterator<
         };
         for s in slots {
             let relid = pg_sys::Oid::from(s.relid);
-            let mut missing = false;
-            let visible = unsafe {
-                pg_sys::pg_class_aclcheck_ext(
-                    relid,
-                    pg_sys::GetUserId(),
-                    pg_sys::ACL_SELECT as _,
-                    &mut missing,
-                ) == pg_sys::AclResult::ACLCHECK_OK
+            let exists = unsafe {
+                pg_sys::SearchSysCacheExists(
+                    pg_sys::SysCacheIdentifier::RELOID as _,
+                    pg_sys::Datum::from(relid),
+                    pg_sys::Datum::from(0),
+                    pg_sys::Datum::from(0),
+                    pg_sys::Datum::from(0),
+                )
             };
-            if missing || !visible {
+            // pg_class_ownercheck raises for a missing relation: asked only of existing ones.
+            if !exists || !unsafe { pg_sys::pg_class_ownercheck(relid, pg_sys::GetUserId()) } {
                 continue;
             }
             let running = s.sync_pid != 0;

@@ -50,9 +50,13 @@ impl RunRecord {
 }
 
 thread_local! {
-    /// The 'running' row the background worker committed for the sync it is about to run: the
-    /// run's record fills it in (in the sync's transaction) instead of inserting a new one.
-    static CLAIMED: std::cell::Cell<Option<i64>> = const { std::cell::Cell::new(None) };
+    /// The 'running' row the background worker committed for the sync it is about to run, and
+    /// that sync's target: the run's record fills it in (in the sync's transaction) instead of
+    /// inserting a new one. Kept until the worker's transaction ends: a record rolled back with
+    /// a subtransaction (a failure after the success was recorded) is filled in again by the
+    /// failure's; a sync of another table nested in it (a trigger's) inserts its own.
+    static CLAIMED: std::cell::RefCell<Option<(i64, String)>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// Commits nothing itself: inserts a 'running' run of `target` for this backend, in the current
@@ -61,21 +65,22 @@ thread_local! {
 pub fn claim_running_run(target: &str, owner: &str) -> Result<()> {
     let id = crate::catalog::as_catalog_owner(|| {
         Spi::get_one_with_args::<i64>(
-            "INSERT INTO lakesync.sync_runs (target, owner, started_at, status, pid) \
-             VALUES ($1, $2, pg_catalog.clock_timestamp(), 'running', pg_catalog.pg_backend_pid()) \
+            "INSERT INTO lakesync.sync_runs (target, owner, started_at, finished_at, status, pid) \
+             VALUES ($1, $2, pg_catalog.clock_timestamp(), NULL, 'running', \
+                     pg_catalog.pg_backend_pid()) \
              RETURNING run_id",
             &[target.into(), owner.into()],
         )
         .map_err(|e| LakeError::Internal(format!("cannot record the sync run: {e}")))
     })?;
-    CLAIMED.set(id);
+    CLAIMED.replace(id.map(|id| (id, target.to_string())));
     Ok(())
 }
 
 /// Removes the claimed 'running' row if no run was recorded in it (a sync that found nothing to
 /// do records none), in the sync's transaction.
 pub fn release_claimed_run() -> Result<()> {
-    let Some(id) = CLAIMED.take() else {
+    let Some((id, _)) = CLAIMED.take() else {
         return Ok(());
     };
     crate::catalog::as_catalog_owner(|| {
@@ -90,7 +95,9 @@ pub fn release_claimed_run() -> Result<()> {
 
 /// Marks failed the runs left 'running' by background workers that are gone (killed, a crash,
 /// a restart): their transaction never committed, so nothing they wrote was kept. Returns how
-/// many.
+/// many. Only runs claimed before this transaction began: pg_stat_activity is read once per
+/// transaction, and a worker claims its run after it has connected, so a run claimed later
+/// may belong to a worker this transaction's view of pg_stat_activity does not show.
 pub fn sweep_unfinished() -> Result<u64> {
     Spi::connect_mut(|c| {
         c.update(
@@ -100,6 +107,7 @@ pub fn sweep_unfinished() -> Result<u64> {
                         (pid %s) stopped first (killed, a crash, or a server restart or shutdown); \
                         nothing it wrote was kept', r.pid) \
               WHERE r.status OPERATOR(pg_catalog.=) 'running' \
+                AND r.started_at OPERATOR(pg_catalog.<) pg_catalog.now() \
                 AND NOT EXISTS (SELECT FROM pg_catalog.pg_stat_activity a \
                                  WHERE a.pid OPERATOR(pg_catalog.=) r.pid \
                                    AND a.backend_start OPERATOR(pg_catalog.<=) r.started_at)",
@@ -130,7 +138,12 @@ pub fn insert_run(r: &RunRecord) -> Result<i64> {
             r.owner.clone().into(),
         ]
     };
-    if let Some(id) = CLAIMED.take() {
+    let claimed = CLAIMED.with_borrow(|c| {
+        c.as_ref()
+            .filter(|(_, target)| *target == r.target)
+            .map(|(id, _)| *id)
+    });
+    if let Some(id) = claimed {
         let mut args = args();
         args.push(id.into());
         let filled = crate::catalog::as_catalog_owner(|| {
@@ -139,8 +152,7 @@ pub fn insert_run(r: &RunRecord) -> Result<i64> {
                  to_version = $4, rows_inserted = $5, rows_updated = $6, rows_deleted = $7, \
                  rows_skipped = $8, change_source = $9, status = $10, message = $11, owner = $12, \
                  finished_at = pg_catalog.clock_timestamp() \
-                 WHERE run_id OPERATOR(pg_catalog.=) $13 \
-                   AND status OPERATOR(pg_catalog.=) 'running' RETURNING run_id",
+                 WHERE run_id OPERATOR(pg_catalog.=) $13 RETURNING run_id",
                 &args,
             )
             .map_err(|e| LakeError::Internal(format!("cannot record the sync run: {e}")))

@@ -81,7 +81,7 @@ pub fn start(
         change_columns(&columns),
         key,
         null_bytes,
-        move |source, names, _expected| {
+        move |source, names, _expected, _stopped| {
             let root = source.snapshot.table_root().clone();
             let changes =
                 TableChanges::try_new(root, source.engine.as_ref(), from as u64, Some(to as u64))?;

@@ -154,7 +154,7 @@ fn stream(
         super::changes::change_columns(&columns),
         key,
         null_bytes,
-        move |source, names, _expected| {
+        move |source, names, _expected, _stopped| {
             let data_names = &names[..names.len() - 2];
             read_files(source, snapshot, paths, data_names, change_type, order)
         },

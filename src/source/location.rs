@@ -83,6 +83,17 @@ impl SourceLocation {
         self.commit_time(version).ok().map(|t| t.is_some())
     }
 
+    /// The version of the log's last checkpoint, as `_delta_log/_last_checkpoint` says (None:
+    /// none, or cannot tell): where the log goes on when older commit files are cleaned up.
+    pub fn checkpoint_version(&self) -> Option<i64> {
+        let dir = self.url.to_file_path().ok()?;
+        let text = std::fs::read_to_string(dir.join("_delta_log").join("_last_checkpoint")).ok()?;
+        serde_json::from_str::<serde_json::Value>(&text)
+            .ok()?
+            .get("version")?
+            .as_i64()
+    }
+
     /// The newest version in the log, found from `known` (a version that exists, or -1) by
     /// checking single commit files — doubling steps forward, then halving back — so a log
     /// that is n versions ahead costs about 2·log2(n) checks and one that is not, one.

@@ -73,8 +73,8 @@ pub fn start(
         columns,
         key,
         null_bytes,
-        |source, names, expected| {
-            count_expected(source, expected.clone());
+        |source, names, expected, stopped| {
+            count_expected(source, expected.clone(), stopped.clone());
             let schema = source.snapshot.schema().project(names)?;
             let scan = source
                 .snapshot
@@ -100,7 +100,12 @@ pub fn start_with<F, E>(
     on_error: E,
 ) -> ScanStream
 where
-    F: FnOnce(&DeltaSource, &[&str], &Arc<AtomicI64>) -> delta_kernel::DeltaResult<Batches>
+    F: FnOnce(
+            &DeltaSource,
+            &[&str],
+            &Arc<AtomicI64>,
+            &Arc<AtomicBool>,
+        ) -> delta_kernel::DeltaResult<Batches>
         + Send
         + 'static,
     E: Fn(&DeltaSource, delta_kernel::Error) -> LakeError + Send + 'static,
@@ -162,7 +167,12 @@ fn produce<F, E>(
     out: &Out,
 ) -> Result<()>
 where
-    F: FnOnce(&DeltaSource, &[&str], &Arc<AtomicI64>) -> delta_kernel::DeltaResult<Batches>,
+    F: FnOnce(
+        &DeltaSource,
+        &[&str],
+        &Arc<AtomicI64>,
+        &Arc<AtomicBool>,
+    ) -> delta_kernel::DeltaResult<Batches>,
     E: Fn(&DeltaSource, delta_kernel::Error) -> LakeError,
 {
     let _guard = runtime().enter();
@@ -176,7 +186,8 @@ where
     let mut stats = EncodeStats::default();
     let mut buf = Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 4);
     buf.extend_from_slice(COPY_HEADER);
-    let batches = batches(source, &names, &out.expected).map_err(|e| on_error(source, e))?;
+    let batches =
+        batches(source, &names, &out.expected, &out.stop).map_err(|e| on_error(source, e))?;
     let mut sent_rows = 0u64;
     for data in batches {
         if out.stopped() {
@@ -214,8 +225,10 @@ where
 }
 
 /// Sums the rows the snapshot's files hold, from the log's statistics, on a thread of its own
-/// (a second replay of the log, beside the scan's): -1 stays when a file has no statistics.
-fn count_expected(source: &DeltaSource, expected: Arc<AtomicI64>) {
+/// (a second replay of the log, beside the scan's), until the scan stops: -1 stays when a file
+/// has no statistics. Rows a deletion vector removes are counted (the kernel does not expose
+/// their number), so the sum can exceed what the sync writes.
+fn count_expected(source: &DeltaSource, expected: Arc<AtomicI64>, stopped: Arc<AtomicBool>) {
     let (snapshot, engine) = (source.snapshot.clone(), source.engine.clone());
     let _ = std::thread::Builder::new()
         .name("lakesync-count".into())
@@ -228,8 +241,8 @@ fn count_expected(source: &DeltaSource, expected: Arc<AtomicI64>) {
                     total = meta?.visit_scan_files(total, |t, f| {
                         *t = t.zip(f.stats.as_ref()).map(|(t, s)| t + s.num_records)
                     })?;
-                    if total.is_none() {
-                        break;
+                    if total.is_none() || stopped.load(Ordering::Relaxed) {
+                        return Ok(None);
                     }
                 }
                 Ok(total)

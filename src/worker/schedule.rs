@@ -13,9 +13,11 @@ use pgrx::prelude::*;
 
 const HINT: &str = "Write an interval such as \"30 seconds\", \"5 minutes\" or \"1 day\", or a 5-field cron expression (minute hour day-of-month month day-of-week, in UTC) such as \"*/15 * * * *\" or \"0 3 * * 1-5\".";
 
-/// Whether `schedule` is meant as cron rather than an interval: five fields, or a nickname
-/// (`@daily`; Postgres' own `@ 1 day` interval form has a space after the `@`).
-fn is_cron(schedule: &str) -> bool {
+/// Whether `schedule` looks like cron rather than an interval — five fields, or a nickname
+/// (`@daily`; Postgres' own `@ 1 day` interval form has a space after the `@`) — for the error
+/// message only: a schedule is cron when it parses as cron, and an interval otherwise (some
+/// intervals have five fields too: `1 mon 2 days 03:00:00`).
+fn looks_like_cron(schedule: &str) -> bool {
     let s = schedule.trim();
     s.split_whitespace().count() == 5
         || (s.starts_with('@') && s[1..].starts_with(|c: char| c.is_ascii_alphabetic()))
@@ -34,23 +36,39 @@ fn parse_cron(schedule: &str) -> std::result::Result<Cron, String> {
 
 /// Checks a schedule: a cron expression that fires at least once in the coming years, or an
 /// interval above zero and at most a year, as Postgres reads intervals (a longer one could
-/// overflow the next sync's time).
+/// overflow the next sync's time). Cron needs the 0.5.0 catalog (`lakesync.cron_next`): with
+/// the library upgraded and `ALTER EXTENSION … UPDATE` not run yet, the catalog's functions
+/// would read it as an interval.
 pub fn check(schedule: &str) -> Result<()> {
-    if is_cron(schedule) {
-        let cron = parse_cron(schedule).map_err(|e| {
-            LakeError::invalid_with_hint(
+    match parse_cron(schedule) {
+        Ok(cron) => {
+            if !cron_in_catalog()? {
+                return Err(LakeError::invalid_with_hint(
+                    format!("cron schedule \"{schedule}\" needs pg_lakesync 0.5.0"),
+                    "Run ALTER EXTENSION pg_lakesync UPDATE first, or use an interval.",
+                ));
+            }
+            let now = chrono::Utc::now();
+            return match cron.find_next_occurrence(&now, false) {
+                Ok(_) => Ok(()),
+                Err(_) => Err(LakeError::invalid_with_hint(
+                    format!("cron schedule \"{schedule}\" never fires"),
+                    HINT,
+                )),
+            };
+        }
+        // Postgres' interval input skips `*` and `/` ('61 * * * *' is 61 seconds): a mistyped
+        // cron expression must not become an interval.
+        Err(e)
+            if schedule.contains(['*', '/', ',', '?', '#'])
+                || (looks_like_cron(schedule) && !is_interval(schedule)) =>
+        {
+            return Err(LakeError::invalid_with_hint(
                 format!("option \"schedule\" is not a valid cron expression: \"{schedule}\" ({e})"),
                 HINT,
-            )
-        })?;
-        let now = chrono::Utc::now();
-        return match cron.find_next_occurrence(&now, false) {
-            Ok(_) => Ok(()),
-            Err(_) => Err(LakeError::invalid_with_hint(
-                format!("cron schedule \"{schedule}\" never fires"),
-                HINT,
-            )),
-        };
+            ));
+        }
+        Err(_) => {}
     }
     let text = schedule.to_string();
     let positive = crate::subxact::run(false, move || {
@@ -71,19 +89,43 @@ pub fn check(schedule: &str) -> Result<()> {
     }
 }
 
+/// Whether Postgres reads `text` as an interval.
+fn is_interval(text: &str) -> bool {
+    let text = text.to_string();
+    matches!(
+        crate::subxact::run(false, move || {
+            Spi::get_one_with_args::<bool>(
+                "SELECT $1::pg_catalog.interval IS NOT NULL",
+                &[text.as_str().into()],
+            )
+            .map_err(|e| LakeError::Internal(e.to_string()))
+        }),
+        Ok(Ok(Some(true)))
+    )
+}
+
+/// Whether the installed catalog evaluates cron schedules (0.5.0 and later).
+fn cron_in_catalog() -> Result<bool> {
+    Spi::get_one::<bool>(
+        "SELECT pg_catalog.to_regprocedure('lakesync.cron_next(pg_catalog.text, pg_catalog.timestamptz)') IS NOT NULL",
+    )
+    .map(|b| b.unwrap_or(false))
+    .map_err(|e| LakeError::Internal(e.to_string()))
+}
+
 /// Microseconds between the Unix epoch and Postgres' (2000-01-01).
 const PG_EPOCH_US: i64 = 946_684_800_000_000;
 
 /// The first time after `after` that the cron `schedule` fires ('infinity' when it never does
-/// again); NULL when `schedule` is not a cron expression (an interval: the caller adds it).
+/// again); NULL when `schedule` does not parse as cron (an interval: the caller adds it).
 /// SQL `lakesync.cron_next(text, timestamptz)`, created in src/status.sql.
 #[pg_extern(sql = false)]
-fn lakesync_cron_next(schedule: &str, after: TimestampWithTimeZone) -> Option<TimestampWithTimeZone> {
-    if !is_cron(schedule) {
-        return None;
-    }
+fn lakesync_cron_next(
+    schedule: &str,
+    after: TimestampWithTimeZone,
+) -> Option<TimestampWithTimeZone> {
+    let cron = parse_cron(schedule).ok()?;
     let next = || {
-        let cron = parse_cron(schedule).ok()?;
         let us = pg_sys::TimestampTz::from(after).checked_add(PG_EPOCH_US)?;
         let start = chrono::DateTime::<chrono::Utc>::from_timestamp_micros(us)?;
         let next = cron.find_next_occurrence(&start, false).ok()?;
@@ -102,11 +144,21 @@ mod tests {
 
     #[pg_test]
     fn cron_and_interval_are_told_apart() {
-        assert!(is_cron("*/5 * * * *"));
-        assert!(is_cron("@hourly"));
-        assert!(!is_cron("@ 1 day"));
-        assert!(!is_cron("5 minutes"));
-        assert!(!is_cron("1 day 2 hours"));
+        for cron in ["*/5 * * * *", "@hourly", "0 3 * * 1-5"] {
+            assert!(parse_cron(cron).is_ok(), "{cron}");
+        }
+        // Intervals, five fields or not.
+        for interval in [
+            "@ 1 day",
+            "5 minutes",
+            "1 day 2 hours",
+            "@ 1 day 2 hours",
+            "1 mon 2 days 03:00:00",
+        ] {
+            assert!(parse_cron(interval).is_err(), "{interval}");
+            assert!(is_interval(interval), "{interval}");
+            assert!(check(interval).is_ok(), "{interval}");
+        }
     }
 
     #[pg_test]

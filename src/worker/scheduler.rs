@@ -278,16 +278,23 @@ fn read_due(sweep: bool) -> Poll {
 /// when it cannot tell); every other due one.
 fn watch(specs: Vec<Due>, watched: &mut HashMap<pg_sys::Oid, Instant>) -> Vec<Due> {
     let now = Instant::now();
-    watched.retain(|relid, _| specs.iter().any(|d| d.relid == *relid));
+    watched.retain(|relid, _| {
+        let keep = specs.iter().any(|d| d.relid == *relid);
+        if !keep {
+            board::forget(*relid); // paused or dropped: what we saw goes stale
+        }
+        keep
+    });
     let mut due = Vec::new();
     for d in specs {
-        let look = d.continuous
-            || watched
-                .get(&d.relid)
-                .is_none_or(|t| now.duration_since(*t) >= WATCH_INTERVAL);
-        let newer = if look {
+        let slow = watched
+            .get(&d.relid)
+            .is_none_or(|t| now.duration_since(*t) >= WATCH_INTERVAL);
+        if slow {
             watched.insert(d.relid, now);
-            observe(&d)
+        }
+        let newer = if d.continuous || slow {
+            observe(&d, slow)
         } else {
             None
         };
@@ -300,8 +307,9 @@ fn watch(specs: Vec<Due>, watched: &mut HashMap<pg_sys::Oid, Instant>) -> Vec<Du
 }
 
 /// Finds the table's latest version and puts it on the board; whether there is a version after
-/// the synced one (None: cannot tell).
-fn observe(d: &Due) -> Option<bool> {
+/// the synced one (None: cannot tell). A `slow` look also reads the last checkpoint's version,
+/// for a table so far behind that the commits after the synced one have been cleaned up.
+fn observe(d: &Due, slow: bool) -> Option<bool> {
     let location = SourceLocation::parse(&d.source).ok()?;
     let synced = d.synced_version.unwrap_or(-1);
     // What the board saw last, if it is still there (a table replaced at the same path may
@@ -310,7 +318,12 @@ fn observe(d: &Due) -> Option<bool> {
         Some(k) if k > synced && location.has_commit(k) == Some(true) => k,
         _ => synced,
     };
-    let latest = location.latest_commit(known)?;
+    let mut latest = location.latest_commit(known)?;
+    if slow && latest == synced {
+        if let Some(checkpoint) = location.checkpoint_version().filter(|c| *c > synced) {
+            latest = location.latest_commit(checkpoint)?;
+        }
+    }
     let pending = synced + 1;
     let pending_at = if latest >= pending {
         location.commit_time(pending).ok().flatten()
