@@ -226,6 +226,8 @@ def main():
     ap.add_argument("--sizes", default="1000,5000,20000,50000,100000,200000",
                     help="rows per commit for the sustained rate, at --rate commits/s")
     ap.add_argument("--big-rows", type=int, default=10_000_000)
+    ap.add_argument("--only", default="w3,sustained,isolation,w5",
+                    help="which parts to run (comma-separated)")
     args = ap.parse_args()
     cluster = Cluster(conf={"shared_preload_libraries": "'pg_lakesync'",
                             "max_worker_processes": "16"}).start()
@@ -240,30 +242,34 @@ def main():
         print("| case | commits | p50 lag | p95 | p99 | max | not seen | rows/s written | "
               "p50 commit → sync start | p50 sync duration | syncs |")
         print("|---|---|---|---|---|---|---|---|---|---|---|")
-        for tables in (1, 20):
+        parts = args.only.split(",")
+        for tables in (1, 20) if "w3" in parts else ():
             lags, missing, rate, waits, durations = lag(cluster, tables, args.commits, args.rate)
             print(f"| W3 {tables} table{'s' if tables > 1 else ''} | {len(lags) + missing} | "
                   f"{percentile(lags, 50):.2f} s | {percentile(lags, 95):.2f} s | "
                   f"{percentile(lags, 99):.2f} s | {max(lags):.2f} s | {missing} | {rate:.0f} | "
                   f"{percentile(waits, 50):.2f} s | {percentile(durations, 50):.3f} s | "
                   f"{len(durations)} |")
-        print("\n| sustained: rows per commit | offered rows/s | p50 lag | p99 lag |")
-        print("|---|---|---|---|")
-        for n, offered, p50, p99 in sustained(cluster, [int(x) for x in args.sizes.split(",")],
-                                               20, args.rate):
-            print(f"| {n} | {offered:.0f} | {p50:.2f} s | {p99:.2f} s |")
-        alone, beside, busy, took = isolation(cluster, args.big_rows, 40, args.rate)
-        print(f"\n| isolation: 5 continuous tables, 40 commits | p50 lag | p99 lag |")
-        print("|---|---|---|")
-        print(f"| alone | {percentile(alone, 50):.2f} s | {percentile(alone, 99):.2f} s |")
-        print(f"| beside a {args.big_rows:,}-row snapshot sync "
-              f"({'still running after' if busy else 'finished within'} the window; "
-              f"{took:.0f} s in all) | {percentile(beside, 50):.2f} s | "
-              f"{percentile(beside, 99):.2f} s |")
-        share, syncs = idle(cluster, args.idle_tables, args.idle_seconds)
-        print(f"\n| W5 idle | {args.idle_tables} continuous tables, {args.idle_seconds} s | "
-              f"CPU {share * 100:.2f} % of one core | syncs started while idle: "
-              f"{syncs - args.idle_tables} |")
+        if "sustained" in parts:
+            print("\n| sustained: rows per commit | offered rows/s | p50 lag | p99 lag |")
+            print("|---|---|---|---|")
+            for n, offered, p50, p99 in sustained(
+                    cluster, [int(x) for x in args.sizes.split(",")], 20, args.rate):
+                print(f"| {n} | {offered:.0f} | {p50:.2f} s | {p99:.2f} s |")
+        if "isolation" in parts:
+            alone, beside, busy, took = isolation(cluster, args.big_rows, 40, args.rate)
+            print("\n| isolation: 5 continuous tables, 40 commits | p50 lag | p99 lag |")
+            print("|---|---|---|")
+            print(f"| alone | {percentile(alone, 50):.2f} s | {percentile(alone, 99):.2f} s |")
+            print(f"| beside a {args.big_rows:,}-row snapshot sync "
+                  f"({'still running after' if busy else 'finished within'} the window; "
+                  f"{took:.0f} s in all) | {percentile(beside, 50):.2f} s | "
+                  f"{percentile(beside, 99):.2f} s |")
+        if "w5" in parts:
+            share, syncs = idle(cluster, args.idle_tables, args.idle_seconds)
+            print(f"\n| W5 idle | {args.idle_tables} continuous tables, {args.idle_seconds} s | "
+                  f"CPU {share * 100:.2f} % of one core | syncs started while idle: "
+                  f"{syncs - args.idle_tables} |")
     finally:
         cluster.stop()
 

@@ -76,11 +76,7 @@ fn with_slot(relid: pg_sys::Oid, take: bool, f: impl FnOnce(&mut Slot)) {
     }
     let (db, relid) = (this_db(), u32::from(relid));
     let mut board = BOARD.exclusive();
-    let i = match board
-        .slots
-        .iter()
-        .position(|s| s.used && s.db == db && s.relid == relid)
-    {
+    let i = match find(&board, db, relid) {
         Some(i) => i,
         None if !take => return,
         None => {
@@ -110,6 +106,31 @@ fn with_slot(relid: pg_sys::Oid, take: bool, f: impl FnOnce(&mut Slot)) {
     f(slot);
 }
 
+thread_local! {
+    /// Where this process last found each table's slot: checked, then used, so that a scheduler
+    /// watching many tables does not scan the board for each at every poll.
+    static HINTS: std::cell::RefCell<std::collections::HashMap<(u32, u32), usize>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// The slot of table `relid` of database `db`, if it has one.
+fn find(board: &Board, db: u32, relid: u32) -> Option<usize> {
+    let mine = |s: &Slot| s.used && s.db == db && s.relid == relid;
+    if let Some(i) = HINTS.with_borrow(|h| h.get(&(db, relid)).copied()) {
+        if mine(&board.slots[i]) {
+            return Some(i);
+        }
+    }
+    let i = board.slots.iter().position(mine)?;
+    HINTS.with_borrow_mut(|h| {
+        if h.len() >= SLOTS {
+            h.clear();
+        }
+        h.insert((db, relid), i);
+    });
+    Some(i)
+}
+
 /// The scheduler saw `latest` as the newest version of the table's Delta log, and
 /// `pending`, the first version after the synced one, committed at `pending_at`.
 pub fn observed(relid: pg_sys::Oid, latest: i64, pending: i64, pending_at: Option<i64>) {
@@ -137,11 +158,9 @@ pub fn latest_seen(relid: pg_sys::Oid) -> Option<i64> {
     }
     let (db, relid) = (this_db(), u32::from(relid));
     let board = BOARD.share();
-    board
-        .slots
-        .iter()
-        .find(|s| s.used && s.db == db && s.relid == relid && s.latest >= 0)
-        .map(|s| s.latest)
+    find(&board, db, relid)
+        .map(|i| board.slots[i].latest)
+        .filter(|l| *l >= 0)
 }
 
 thread_local! {

@@ -342,6 +342,9 @@ fn start_sync(db: u32, relid: pg_sys::Oid) -> Option<DynamicBackgroundWorker> {
         .enable_spi_access()
         .set_start_time(BgWorkerStartTime::RecoveryFinished)
         .set_restart_time(None)
+        // The postmaster sets our latch when it starts and when it stops: a table left waiting
+        // for a free worker is dispatched at once, not at the next poll.
+        .set_notify_pid(unsafe { pg_sys::MyProcPid })
         .set_extra(&format!("{db} {}", u32::from(relid)))
         .load_dynamic()
         .ok()
