@@ -126,24 +126,30 @@ def sustained(cluster, sizes, commits, rate):
     conn.execute("SELECT create_synced_table('w3s', %s, ARRAY['id'], 'continuous')", (path,))
     listener = psycopg.connect(cluster.dsn(), autocommit=True)
     listener.execute("LISTEN lakesync")
+    seen, done = [], threading.Event()  # (to_version, time heard), by a thread of its own
+
+    def listen():
+        while not done.is_set():
+            for note in listener.notifies(timeout=0.2, stop_after=None):
+                seen.append((json.loads(note.payload)["to_version"], time.time()))
+
+    heard = threading.Thread(target=listen)
+    heard.start()
     out, next_id, version = [], 1, 0
     for n in sizes:
         data = [batch(next_id + i * n, n) for i in range(commits)]
-        committed, seen = {}, []
+        committed = {}
         began = time.time()
         for i in range(commits):
             write_deltalake(path, data[i], mode="append")
             version += 1
             committed[version] = time.time()
-            for note in listener.notifies(timeout=0.001, stop_after=None):
-                seen.append((json.loads(note.payload)["to_version"], time.time()))
             time.sleep(max(0.0, began + (i + 1) / rate - time.time()))
         offered = n * commits / (time.time() - began)
         next_id += n * commits
         deadline = time.time() + 120
         while time.time() < deadline and (not seen or max(v for v, _ in seen) < version):
-            for note in listener.notifies(timeout=0.5, stop_after=None):
-                seen.append((json.loads(note.payload)["to_version"], time.time()))
+            time.sleep(0.1)
         lags = []
         for v, at in committed.items():
             after = [t for to, t in seen if to >= v]
@@ -151,6 +157,8 @@ def sustained(cluster, sizes, commits, rate):
         out.append((n, offered, percentile(lags, 50), percentile(lags, 99)))
         if percentile(lags, 99) > 10:
             break  # far behind: larger commits only fall further
+    done.set()
+    heard.join()
     conn.close()
     listener.close()
     return out
@@ -205,12 +213,15 @@ def idle(cluster, tables, seconds):
     conn = psycopg.connect(cluster.dsn(), autocommit=True)
     make_tables(conn, tables, "w5_")
     time.sleep(5)  # let the first syncs settle
+    # The launcher and the scheduler: with no commit no sync worker starts (counted below).
+    # Not the postmaster's reaped children: autovacuum workers cleaning up after the earlier
+    # parts are among them.
     ours = [r[0] for r in conn.execute(
-        "SELECT pid FROM pg_stat_activity WHERE backend_type LIKE 'pg_lakesync%'")]
-    postmaster = int(open(os.path.join(cluster.dir, "data", "postmaster.pid")).readline())
-    before = cpu_of(ours) + cpu_of([postmaster])
+        "SELECT pid FROM pg_stat_activity WHERE backend_type IN "
+        "('pg_lakesync launcher', 'pg_lakesync scheduler')")]
+    before = cpu_of(ours)
     time.sleep(seconds)
-    after = cpu_of(ours) + cpu_of([postmaster])
+    after = cpu_of(ours)
     syncs = conn.execute("SELECT count(*) FROM lakesync.sync_runs WHERE target LIKE 'public.w5_%'"
                          ).fetchone()[0]
     conn.close()

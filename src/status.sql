@@ -89,6 +89,12 @@ SELECT s.target,
             ELSE 'not running: add pg_lakesync to shared_preload_libraries and restart the server'
        END AS worker
   FROM lakesync.synced_tables s
-  LEFT JOIN lakesync.board() b ON b.relid = pg_catalog.to_regclass(s.target)::pg_catalog.oid;
+  -- The target's OID by name, without to_regclass's permission checks (it raises for a
+  -- schema the reader may not use, which would fail the whole view).
+  LEFT JOIN lakesync.board() b ON NOT s.paused AND b.relid = (
+      SELECT c.oid FROM pg_catalog.pg_class c
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+       WHERE n.nspname = (pg_catalog.parse_ident(s.target))[1]
+         AND c.relname = (pg_catalog.parse_ident(s.target))[2]);
 COMMENT ON VIEW lakesync.status IS 'Each synced table''s state, as the background worker sees it';
 GRANT SELECT ON lakesync.status TO PUBLIC;

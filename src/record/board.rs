@@ -265,19 +265,21 @@ fn lakesync_board() -> TableIterator<
                 .copied()
                 .collect()
         };
+        // The tables the caller owns, from one catalog read (a table dropped meanwhile is
+        // simply not found).
+        let relids: Vec<pg_sys::Oid> = slots.iter().map(|s| pg_sys::Oid::from(s.relid)).collect();
+        let owned = Spi::get_one_with_args::<Vec<pg_sys::Oid>>(
+            "SELECT pg_catalog.array_agg(c.oid) FROM pg_catalog.pg_class c \
+              WHERE c.oid OPERATOR(pg_catalog.=) ANY ($1) \
+                AND pg_catalog.pg_has_role(c.relowner, 'USAGE')",
+            &[relids.into()],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default();
         for s in slots {
             let relid = pg_sys::Oid::from(s.relid);
-            let exists = unsafe {
-                pg_sys::SearchSysCacheExists(
-                    pg_sys::SysCacheIdentifier::RELOID as _,
-                    pg_sys::Datum::from(relid),
-                    pg_sys::Datum::from(0),
-                    pg_sys::Datum::from(0),
-                    pg_sys::Datum::from(0),
-                )
-            };
-            // pg_class_ownercheck raises for a missing relation: asked only of existing ones.
-            if !exists || !unsafe { pg_sys::pg_class_ownercheck(relid, pg_sys::GetUserId()) } {
+            if !owned.contains(&relid) {
                 continue;
             }
             let running = s.sync_pid != 0;

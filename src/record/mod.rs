@@ -53,8 +53,9 @@ thread_local! {
     /// The 'running' row the background worker committed for the sync it is about to run, and
     /// that sync's target: the run's record fills it in (in the sync's transaction) instead of
     /// inserting a new one. Kept until the worker's transaction ends: a record rolled back with
-    /// a subtransaction (a failure after the success was recorded) is filled in again by the
-    /// failure's; a sync of another table nested in it (a trigger's) inserts its own.
+    /// a subtransaction (a failure after the success was recorded) leaves the row 'running'
+    /// again, for the failure's record; a second record in the transaction (a sync nested in a
+    /// trigger) inserts its own.
     static CLAIMED: std::cell::RefCell<Option<(i64, String)>> =
         const { std::cell::RefCell::new(None) };
 }
@@ -152,7 +153,8 @@ pub fn insert_run(r: &RunRecord) -> Result<i64> {
                  to_version = $4, rows_inserted = $5, rows_updated = $6, rows_deleted = $7, \
                  rows_skipped = $8, change_source = $9, status = $10, message = $11, owner = $12, \
                  finished_at = pg_catalog.clock_timestamp() \
-                 WHERE run_id OPERATOR(pg_catalog.=) $13 RETURNING run_id",
+                 WHERE run_id OPERATOR(pg_catalog.=) $13 \
+                   AND status OPERATOR(pg_catalog.=) 'running' RETURNING run_id",
                 &args,
             )
             .map_err(|e| LakeError::Internal(format!("cannot record the sync run: {e}")))

@@ -60,8 +60,9 @@ pub fn check(schedule: &str) -> Result<()> {
         // Postgres' interval input skips `*` and `/` ('61 * * * *' is 61 seconds): a mistyped
         // cron expression must not become an interval.
         Err(e)
-            if schedule.contains(['*', '/', ',', '?', '#'])
-                || (looks_like_cron(schedule) && !is_interval(schedule)) =>
+            if schedule.contains(['*', '/', '?', '#'])
+                || (looks_like_cron(schedule)
+                    && (schedule.contains(',') || !is_interval(schedule))) =>
         {
             return Err(LakeError::invalid_with_hint(
                 format!("option \"schedule\" is not a valid cron expression: \"{schedule}\" ({e})"),

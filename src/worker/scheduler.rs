@@ -59,6 +59,8 @@ struct Attempt {
     /// table's lock held elsewhere): never sooner than this again.
     next_try: Instant,
     wait: Duration,
+    /// A poll has run since its worker exited.
+    exit_seen: bool,
 }
 
 #[pg_guard]
@@ -96,9 +98,18 @@ pub extern "C-unwind" fn lakesync_scheduler_main(_arg: pg_sys::Datum) {
     let mut swept: Option<Instant> = None;
     let mut warned_version = false;
     let mut last_error_log: Option<Instant> = None;
-    while BackgroundWorker::wait_latch(Some(poll_interval())) {
+    let mut next_poll = Instant::now() + poll_interval();
+    while BackgroundWorker::wait_latch(Some(next_poll.saturating_duration_since(Instant::now()))) {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        // Woken early (the postmaster tells us when our workers start and exit): poll now only
+        // when one of them has exited, which may free a worker for a table left waiting.
+        if Instant::now() < next_poll && !attempts.values().any(Attempt::exited) {
+            continue;
+        }
+        if Instant::now() >= next_poll {
+            next_poll = Instant::now() + poll_interval();
         }
         if !ENABLED.get() {
             continue;
@@ -141,30 +152,44 @@ pub extern "C-unwind" fn lakesync_scheduler_main(_arg: pg_sys::Datum) {
 }
 
 enum Poll {
-    Due(Vec<Due>, i64),
+    /// The watched tables, and the pids of the sync workers running in the cluster.
+    Due(Vec<Due>, Vec<i32>),
     Gone,
     OtherVersion(String),
 }
 
-fn dispatch(db: u32, due: Vec<Due>, busy: i64, attempts: &mut HashMap<pg_sys::Oid, Attempt>) {
+impl Attempt {
+    /// Its worker has exited, and this scheduler has not polled since.
+    fn exited(&self) -> bool {
+        !self.exit_seen && self.worker.as_ref().is_some_and(|w| !running(w))
+    }
+}
+
+fn dispatch(db: u32, due: Vec<Due>, busy: Vec<i32>, attempts: &mut HashMap<pg_sys::Oid, Attempt>) {
     let now = Instant::now();
-    // pg_stat_activity shows the started syncs; ours not started yet count too.
-    let pending = attempts
+    // Every worker of ours that has not exited counts, also one that has not connected yet
+    // (pg_stat_activity does not show it); and the other databases' syncs that pg_stat_activity
+    // shows.
+    let ours: Vec<Option<i32>> = attempts
         .values()
-        .filter(|a| {
-            matches!(
-                a.worker.as_ref().map(|w| w.pid()),
-                Some(Err(BackgroundWorkerStatus::NotYetStarted))
-            )
-        })
-        .count() as i64;
-    let mut free = MAX_WORKERS.get() as i64 - busy - pending;
+        .filter_map(|a| a.worker.as_ref().filter(|w| running(w)))
+        .map(|w| w.pid().ok().map(|p| p as i32))
+        .collect();
+    let others = busy.iter().filter(|p| !ours.contains(&Some(**p))).count();
+    let mut free = MAX_WORKERS.get() as i64 - ours.len() as i64 - others as i64;
+    // Exits seen by this poll no longer wake us early.
+    for a in attempts.values_mut() {
+        if a.exited() {
+            a.exit_seen = true;
+        }
+    }
     for d in due {
         let a = attempts.entry(d.relid).or_insert(Attempt {
             worker: None,
             finished_before: None,
             next_try: now,
             wait: Duration::ZERO,
+            exit_seen: false,
         });
         match &a.worker {
             Some(w) if running(w) => continue,
@@ -191,6 +216,7 @@ fn dispatch(db: u32, due: Vec<Due>, busy: i64, attempts: &mut HashMap<pg_sys::Oi
         match start_sync(db, d.relid) {
             Some(w) => {
                 a.worker = Some(w);
+                a.exit_seen = false;
                 a.finished_before = d.finished;
                 free -= 1;
             }
@@ -229,8 +255,8 @@ fn read_due(sweep: bool) -> Poll {
         Some(_) => {}
     }
     // Syncs running in the cluster, and whether a scheduler older than this one serves here.
-    let (busy, other) = Spi::get_two_with_args::<i64, bool>(
-        "SELECT pg_catalog.count(*) FILTER (WHERE backend_type = $1), \
+    let (busy, other) = Spi::get_two_with_args::<Vec<i32>, bool>(
+        "SELECT pg_catalog.array_agg(pid) FILTER (WHERE backend_type = $1), \
                 pg_catalog.bool_or(backend_type = $2 AND datid = $3 \
                                    AND pid < pg_catalog.pg_backend_pid()) \
            FROM pg_catalog.pg_stat_activity",
@@ -269,7 +295,7 @@ fn read_due(sweep: bool) -> Poll {
         Ok::<_, pgrx::spi::Error>(out)
     })
     .unwrap_or_default();
-    Poll::Due(due, busy.unwrap_or(0))
+    Poll::Due(due, busy.unwrap_or_default())
 }
 
 /// Looks for each watched table's latest Delta version (continuous ones at every poll, the
