@@ -194,3 +194,28 @@ def test_intervals_of_five_words_are_intervals_not_cron(sdb, schedule, step):
     assert nxt == want
     if step:
         assert nxt - started == step
+
+
+def test_no_more_than_max_workers_syncs_run_at_once(sdb):
+    paths = []
+    for i in range(6):
+        path = table_path()
+        write(path, [{"id": 0}])
+        sdb.execute(f"SELECT create_synced_table('t{i}', %s, ARRAY['id'], 'continuous')", (path,))
+        paths.append(path)
+    assert wait_for(lambda: scheduler_running(sdb), timeout=15)
+    sdb.execute(f'ALTER DATABASE "{sdb.dbname_}" SET lakesync.debug_pause = \'commit:2\'')
+    try:
+        for path in paths:
+            write(path, [{"id": 1}])
+        most, deadline = 0, time.time() + 8
+        while time.time() < deadline:
+            n, = sdb.execute("SELECT count(*) FROM pg_stat_activity "
+                             "WHERE backend_type = 'pg_lakesync sync'").fetchone()
+            most = max(most, n)
+            time.sleep(0.05)
+        assert most == 2, most  # lakesync.max_workers, the default
+    finally:
+        sdb.execute(f'ALTER DATABASE "{sdb.dbname_}" RESET lakesync.debug_pause')
+    for i in range(6):
+        assert wait_for(lambda: ids(sdb, f"t{i}") == [0, 1], timeout=30), (i, ids(sdb, f"t{i}"))
