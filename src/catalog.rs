@@ -97,6 +97,27 @@ pub fn current_role_name() -> String {
 /// security shows it). `$2` is the caller's name, `$3` whether it is a superuser.
 const OWN_ROWS: &str = "(owner OPERATOR(pg_catalog.=) $2 OR $3)";
 
+/// The first row's first column of a read-only query. pgrx's `Spi::get_one*` run as updates,
+/// which assign a transaction ID: an error on a hot standby, and a commit record (a WAL flush)
+/// for every read of the background worker's polls.
+pub fn read_one<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+) -> std::result::Result<Option<T>, pgrx::spi::Error> {
+    Spi::connect(|c| c.select(sql, Some(1), args)?.first().get_one::<T>())
+}
+
+/// The first row's first two columns of a read-only query (see [`read_one`]).
+pub fn read_two<
+    A: pgrx::datum::FromDatum + pgrx::datum::IntoDatum,
+    B: pgrx::datum::FromDatum + pgrx::datum::IntoDatum,
+>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+) -> std::result::Result<(Option<A>, Option<B>), pgrx::spi::Error> {
+    Spi::connect(|c| c.select(sql, Some(1), args)?.first().get_two::<A, B>())
+}
+
 /// Runs catalog writes as the owner of the catalog tables, in a security-restricted context;
 /// the caller's identity comes back however `f` ends.
 pub fn as_catalog_owner<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {

@@ -268,7 +268,7 @@ fn lakesync_board() -> TableIterator<
         // The tables the caller owns, from one catalog read (a table dropped meanwhile is
         // simply not found).
         let relids: Vec<pg_sys::Oid> = slots.iter().map(|s| pg_sys::Oid::from(s.relid)).collect();
-        let owned = Spi::get_one_with_args::<Vec<pg_sys::Oid>>(
+        let owned = crate::catalog::read_one::<Vec<pg_sys::Oid>>(
             "SELECT pg_catalog.array_agg(c.oid) FROM pg_catalog.pg_class c \
               WHERE c.oid OPERATOR(pg_catalog.=) ANY ($1) \
                 AND pg_catalog.pg_has_role(c.relowner, 'USAGE')",

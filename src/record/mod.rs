@@ -100,24 +100,38 @@ pub fn release_claimed_run() -> Result<()> {
 /// transaction, and a worker claims its run after it has connected, so a run claimed later
 /// may belong to a worker this transaction's view of pg_stat_activity does not show.
 pub fn sweep_unfinished() -> Result<u64> {
+    const UNFINISHED: &str = "r.status OPERATOR(pg_catalog.=) 'running' \
+        AND r.started_at OPERATOR(pg_catalog.<) pg_catalog.now() \
+        AND NOT EXISTS (SELECT FROM pg_catalog.pg_stat_activity a \
+                         WHERE a.pid OPERATOR(pg_catalog.=) r.pid \
+                           AND a.backend_start OPERATOR(pg_catalog.<=) r.started_at)";
+    let fail =
+        |e: pgrx::spi::Error| LakeError::Internal(format!("cannot mark unfinished runs: {e}"));
+    // Read first: an UPDATE through pgrx takes a transaction ID even when it changes nothing.
+    let any = crate::catalog::read_one::<bool>(
+        &format!("SELECT EXISTS (SELECT FROM lakesync.sync_runs r WHERE {UNFINISHED})"),
+        &[],
+    )
+    .map_err(fail)?;
+    if any != Some(true) {
+        return Ok(0);
+    }
     Spi::connect_mut(|c| {
         c.update(
-            "UPDATE lakesync.sync_runs r SET status = 'failed', \
-                    finished_at = pg_catalog.clock_timestamp(), \
-                    message = pg_catalog.format('the sync did not finish: its background worker \
-                        (pid %s) stopped first (killed, a crash, or a server restart or shutdown); \
-                        nothing it wrote was kept', r.pid) \
-              WHERE r.status OPERATOR(pg_catalog.=) 'running' \
-                AND r.started_at OPERATOR(pg_catalog.<) pg_catalog.now() \
-                AND NOT EXISTS (SELECT FROM pg_catalog.pg_stat_activity a \
-                                 WHERE a.pid OPERATOR(pg_catalog.=) r.pid \
-                                   AND a.backend_start OPERATOR(pg_catalog.<=) r.started_at)",
+            &format!(
+                "UPDATE lakesync.sync_runs r SET status = 'failed', \
+                        finished_at = pg_catalog.clock_timestamp(), \
+                        message = pg_catalog.format('the sync did not finish: its background \
+                            worker (pid %s) stopped first (killed, a crash, or a server restart \
+                            or shutdown); nothing it wrote was kept', r.pid) \
+                  WHERE {UNFINISHED}"
+            ),
             None,
             &[],
         )
         .map(|t| t.len() as u64)
     })
-    .map_err(|e| LakeError::Internal(format!("cannot mark unfinished runs: {e}")))
+    .map_err(fail)
 }
 
 /// Inserts the run in the current transaction (or fills in the claimed 'running' one); returns

@@ -238,9 +238,10 @@ fn poll_interval() -> Duration {
 
 /// The installed extension's version in this database, if it is installed.
 fn installed_version() -> Option<String> {
-    Spi::get_one::<String>(
+    crate::catalog::read_one::<String>(
         "SELECT (SELECT extversion::pg_catalog.text FROM pg_catalog.pg_extension \
                   WHERE extname = 'pg_lakesync')",
+        &[],
     )
     .ok()
     .flatten()
@@ -255,7 +256,7 @@ fn read_due(sweep: bool) -> Poll {
         Some(_) => {}
     }
     // Syncs running in the cluster, and whether a scheduler older than this one serves here.
-    let (busy, other) = Spi::get_two_with_args::<Vec<i32>, bool>(
+    let (busy, other) = crate::catalog::read_two::<Vec<i32>, bool>(
         "SELECT pg_catalog.array_agg(pid) FILTER (WHERE backend_type = $1), \
                 pg_catalog.bool_or(backend_type = $2 AND datid = $3 \
                                    AND pid < pg_catalog.pg_backend_pid()) \
