@@ -173,7 +173,7 @@ fn dispatch(db: u32, due: Vec<Due>, busy: Vec<i32>, attempts: &mut HashMap<pg_sy
     let ours: Vec<Option<i32>> = attempts
         .values()
         .filter_map(|a| a.worker.as_ref().filter(|w| running(w)))
-        .map(|w| w.pid().ok().map(|p| p as i32))
+        .map(|w| w.pid().ok())
         .collect();
     let others = busy.iter().filter(|p| !ours.contains(&Some(**p))).count();
     let mut free = MAX_WORKERS.get() as i64 - ours.len() as i64 - others as i64;
