@@ -112,3 +112,7 @@ SELECT s.target,
          AND c.relname = (pg_catalog.parse_ident(s.target))[2]);
 COMMENT ON VIEW lakesync.status IS 'Each synced table''s state, as the background worker sees it';
 GRANT SELECT ON lakesync.status TO PUBLIC;
+-- Everyone may call them (the view needs them; the board shows each role its own tables).
+GRANT EXECUTE ON FUNCTION lakesync.cron_next(text, timestamptz), lakesync.board(),
+    lakesync.schedule_after(text, timestamptz),
+    lakesync.next_sync(lakesync.synced_tables, interval) TO PUBLIC;

@@ -75,26 +75,25 @@ unsafe extern "C-unwind" fn copy_data_source(
         let next = FEED.with(|f| f.borrow().last().map(|feed| feed.stream.next_timeout(POLL)));
         match next {
             None | Some(Next::Waiting) => {
-                publish_expected();
+                report_progress(0);
                 pgrx::check_for_interrupts!();
             }
             Some(Next::Chunk(Chunk::Data(bytes, rows))) => {
-                let (first, expected) = FEED.with(|f| {
+                let first = FEED.with(|f| {
                     let mut f = f.borrow_mut();
                     let feed = f.last_mut().unwrap();
                     feed.pending = bytes;
                     feed.pos = 0;
                     feed.chunks += 1;
-                    let expected = feed.stream.expected.load(Ordering::Relaxed);
-                    (feed.chunks == 1, expected)
+                    feed.chunks == 1
                 });
-                crate::record::board::progress(rows as i64, expected);
+                report_progress(rows as i64);
                 if first {
                     crate::debug::pause_point("read");
                 }
             }
             Some(Next::Chunk(Chunk::Done(stats))) => {
-                publish_expected();
+                report_progress(0);
                 FEED.with(|f| f.borrow_mut().last_mut().unwrap().stats = Some(stats));
                 return written as i32; // end of data
             }
@@ -103,15 +102,16 @@ unsafe extern "C-unwind" fn copy_data_source(
     }
 }
 
-/// Puts the rows the scan expects on the board once its count (a thread of its own) is in.
-fn publish_expected() {
+/// Puts `rows` more written rows on the board, and the rows the scan expects once its count
+/// (a thread of its own) is in: once per chunk, and while waiting for one (every 50 ms).
+fn report_progress(rows: i64) {
     let expected = FEED.with(|f| {
         f.borrow()
             .last()
             .map_or(-1, |feed| feed.stream.expected.load(Ordering::Relaxed))
     });
-    if expected >= 0 {
-        crate::record::board::progress(0, expected);
+    if rows > 0 || expected >= 0 {
+        crate::record::board::progress(rows, expected);
     }
 }
 

@@ -301,5 +301,5 @@ fn lakesync_board() -> TableIterator<
 
 /// µs since the Unix epoch as a timestamptz (Postgres counts from 2000-01-01).
 fn epoch_us_to_timestamptz(us: i64) -> Option<pgrx::datum::TimestampWithTimeZone> {
-    pgrx::datum::TimestampWithTimeZone::try_from(us - 946_684_800_000_000).ok()
+    pgrx::datum::TimestampWithTimeZone::try_from(crate::types::temporal::pg_timestamp(us)?).ok()
 }

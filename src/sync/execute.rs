@@ -101,12 +101,6 @@ pub fn execute(
     ) {
         apply::copy::refuse_row_security(run.relid);
     }
-    let _on_board = match decision {
-        Decision::Snapshot { .. } | Decision::Incremental { .. } => {
-            Some(record::board::sync_started(run.relid, source.version()))
-        }
-        _ => None,
-    };
     match decision {
         Decision::Fail(e) => Err(e),
         Decision::Nothing => {
@@ -189,6 +183,8 @@ fn apply_changes(
             },
         )
     };
+    // On the board for the whole apply (a reload below is the same sync: it stays on it).
+    let _on_board = record::board::sync_started(run.relid, source.version());
     run.evolve()?;
     let mut total = Counts::default();
     for step in steps {

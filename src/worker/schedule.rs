@@ -6,6 +6,7 @@
 //! stored.
 
 use crate::error::{LakeError, Result};
+use crate::types::temporal::{pg_timestamp, PG_EPOCH_MICROS};
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
 use pgrx::datum::TimestampWithTimeZone;
@@ -114,9 +115,6 @@ fn cron_in_catalog() -> Result<bool> {
     .map_err(|e| LakeError::Internal(e.to_string()))
 }
 
-/// Microseconds between the Unix epoch and Postgres' (2000-01-01).
-const PG_EPOCH_US: i64 = 946_684_800_000_000;
-
 /// The first time after `after` that the cron `schedule` fires ('infinity' when it never does
 /// again); NULL when `schedule` does not parse as cron (an interval: the caller adds it).
 /// SQL `lakesync.cron_next(text, timestamptz)`, created in src/status.sql.
@@ -127,10 +125,10 @@ fn lakesync_cron_next(
 ) -> Option<TimestampWithTimeZone> {
     let cron = parse_cron(schedule).ok()?;
     let next = || {
-        let us = pg_sys::TimestampTz::from(after).checked_add(PG_EPOCH_US)?;
+        let us = pg_sys::TimestampTz::from(after).checked_add(PG_EPOCH_MICROS)?;
         let start = chrono::DateTime::<chrono::Utc>::from_timestamp_micros(us)?;
         let next = cron.find_next_occurrence(&start, false).ok()?;
-        TimestampWithTimeZone::try_from(next.timestamp_micros() - PG_EPOCH_US).ok()
+        TimestampWithTimeZone::try_from(pg_timestamp(next.timestamp_micros())?).ok()
     };
     Some(match after.is_finite() {
         true => next().unwrap_or_else(TimestampWithTimeZone::positive_infinity),
