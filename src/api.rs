@@ -166,3 +166,25 @@ fn alter_synced_table(
 ) -> bool {
     sync::alter(target, mode, options.map(|o| o.0)).or_raise()
 }
+
+/// Stores a credential for object-store sources, owned by the current role; `options` are the
+/// provider's object_store keys (secret ones are never shown again).
+#[pg_extern(volatile, parallel_unsafe)]
+fn create_credential(name: &str, provider: &str, options: default!(JsonB, "'{}'")) -> bool {
+    crate::credentials::create(name, provider, &options.0).or_raise();
+    true
+}
+
+/// Changes options of a credential of the current role (a JSON null removes one); synced
+/// tables naming it use the new ones from their next sync.
+#[pg_extern(volatile, parallel_unsafe)]
+fn alter_credential(name: &str, options: JsonB) -> bool {
+    crate::credentials::alter(name, &options.0).or_raise();
+    true
+}
+
+/// Drops a credential of the current role, refused while one of its synced tables names it.
+#[pg_extern(volatile, parallel_unsafe)]
+fn drop_credential(name: &str, if_exists: default!(bool, "false")) -> bool {
+    crate::credentials::drop(name, if_exists).or_raise()
+}

@@ -42,7 +42,8 @@ CREATE TABLE lakesync.sync_runs (
     change_source text,
     status        text NOT NULL CHECK (status IN ('succeeded', 'failed', 'running')),
     message       text,
-    pid           integer
+    pid           integer,
+    credential    text                                     -- the credential the run read with
 );
 CREATE INDEX sync_runs_target_idx ON lakesync.sync_runs (target, run_id);
 -- The background worker's runs in flight, which it marks failed when their worker is gone.
@@ -62,6 +63,36 @@ CREATE POLICY sync_runs_owner ON lakesync.sync_runs
 GRANT USAGE ON SCHEMA lakesync TO PUBLIC;
 GRANT SELECT ON lakesync.synced_tables TO PUBLIC;
 GRANT SELECT ON lakesync.sync_runs TO PUBLIC;
+
+-- Credentials for object-store sources (src/credentials.rs). Nobody but the catalog's owner
+-- may read this table: the functions check that a role acts on its own credentials, and
+-- lakesync.credentials shows them without their secrets.
+CREATE TABLE lakesync.stored_credentials (
+    owner           name NOT NULL,
+    name            text NOT NULL,
+    provider        text NOT NULL CHECK (provider IN ('s3', 'azure', 'gcs')),
+    options         jsonb NOT NULL DEFAULT '{}',   -- shown: region, endpoint, account, ...
+    secrets         jsonb NOT NULL DEFAULT '{}',   -- never shown: keys, tokens
+    scope           text,                          -- a URL prefix the credential covers
+    use_environment boolean NOT NULL DEFAULT false,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (owner, name)
+);
+REVOKE ALL ON lakesync.stored_credentials FROM PUBLIC;
+COMMENT ON TABLE lakesync.stored_credentials IS
+    'Object-store credentials, secrets included; read them through lakesync.credentials';
+CREATE VIEW lakesync.credentials WITH (security_barrier) AS
+    SELECT c.name, c.provider, c.owner, c.options, c.scope, c.use_environment,
+           ARRAY(SELECT pg_catalog.jsonb_object_keys(c.secrets) ORDER BY 1) AS secrets_set,
+           c.created_at, c.updated_at
+      FROM lakesync.stored_credentials c
+     WHERE c.owner OPERATOR(pg_catalog.=) CURRENT_USER
+        OR (SELECT r.rolsuper FROM pg_catalog.pg_roles r
+             WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER);
+COMMENT ON VIEW lakesync.credentials IS
+    'Your credentials (a superuser: all) without their secrets: secrets_set names the secret options given';
+GRANT SELECT ON lakesync.credentials TO PUBLIC;
 
 -- A synced table's spec follows its table: ALTER TABLE … RENAME / SET SCHEMA and ALTER SCHEMA …
 -- RENAME rename the spec too. The spec is keyed by name (OIDs change in a dump and restore);
@@ -117,3 +148,5 @@ CREATE EVENT TRIGGER lakesync_forget_dropped_tables ON sql_drop
 SELECT pg_catalog.pg_extension_config_dump('lakesync.synced_tables', '');
 SELECT pg_catalog.pg_extension_config_dump('lakesync.sync_runs', '');
 SELECT pg_catalog.pg_extension_config_dump('lakesync.sync_runs_run_id_seq', '');
+-- Credentials too, secrets included (as pg_dump keeps user mappings' passwords): keep dumps safe.
+SELECT pg_catalog.pg_extension_config_dump('lakesync.stored_credentials', '');

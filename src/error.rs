@@ -67,6 +67,20 @@ pub enum LakeError {
     Gap { reason: String },
     /// The Delta schema changed in a way that would lose or misplace data if applied by a sync.
     SchemaChanged { target: String, detail: String },
+    /// The object store refused the credential (wrong, expired, or without permission).
+    StoreDenied {
+        source: String,
+        credential: Option<String>,
+        detail: String,
+    },
+    /// The object store did not answer (down, unreachable, too slow).
+    StoreUnavailable { source: String, detail: String },
+    /// A credential of this name exists already (for this role).
+    CredentialExists(String),
+    /// No credential of this name (that this role owns).
+    UndefinedCredential(String),
+    /// A credential that synced tables still name.
+    CredentialInUse { name: String, tables: String },
     /// Anything the Delta reader reports that has no better class.
     Delta { source: String, detail: String },
     /// A bug or an unexpected state of ours.
@@ -126,6 +140,11 @@ impl LakeError {
             LakeError::Gap { .. } | LakeError::SchemaChanged { .. } => {
                 ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
+            LakeError::StoreDenied { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            LakeError::StoreUnavailable { .. } => ERRCODE_IO_ERROR,
+            LakeError::CredentialExists(_) => ERRCODE_DUPLICATE_OBJECT,
+            LakeError::UndefinedCredential(_) => ERRCODE_UNDEFINED_OBJECT,
+            LakeError::CredentialInUse { .. } => ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
             LakeError::Delta { .. } => ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
             LakeError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
@@ -140,6 +159,23 @@ impl LakeError {
             LakeError::NotSynced(_) => {
                 Some("lakesync.synced_tables lists the synced tables you own.".into())
             }
+            LakeError::StoreDenied { credential, .. } => Some(match credential {
+                Some(c) => format!(
+                    "Check the keys of credential \"{c}\" and what they may read; alter_credential() replaces them, and the next sync uses the new ones."
+                ),
+                None => "Name a credential in the synced table's options: {\"credential\": \"name\"}.".into(),
+            }),
+            LakeError::StoreUnavailable { .. } => Some(
+                "Nothing was changed; the next sync tries again. Credential options \"timeout\", \"connect_timeout\", \"max_retries\" and \"retry_timeout\" set how long a sync waits."
+                    .into(),
+            ),
+            LakeError::CredentialExists(_) | LakeError::UndefinedCredential(_) => {
+                Some("lakesync.credentials lists the credentials you own.".into())
+            }
+            LakeError::CredentialInUse { .. } => Some(
+                "Point those synced tables at another credential with alter_synced_table(), or drop them first."
+                    .into(),
+            ),
             LakeError::TargetExists(_) => {
                 Some("Choose another target name, or drop the existing table first.".into())
             }
@@ -185,16 +221,40 @@ impl LakeError {
             "pg_lakesync",
         );
         if let Some(h) = self.hint() {
-            report = report.set_hint(for_server(&h));
+            report = report.set_hint(for_server(&redact(&h)));
         }
         report.report(PgLogLevel::ERROR);
         unreachable!("ERROR returned")
     }
 }
 
+/// Every message of ours goes through [`redact`]: a store's error can quote a signed URL or,
+/// worse, a key.
 impl fmt::Display for LakeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
+        f.write_str(&redact(&Plain(self).to_string()))
+    }
+}
+
+struct Plain<'a>(&'a LakeError);
+
+impl fmt::Display for Plain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            LakeError::StoreDenied { source, credential, detail } => match credential {
+                Some(c) => write!(f, "the object store refused credential \"{c}\" for Delta table \"{source}\": {detail}"),
+                None => write!(f, "the object store refused to read Delta table \"{source}\": {detail}"),
+            },
+            LakeError::StoreUnavailable { source, detail } => write!(
+                f,
+                "the object store of Delta table \"{source}\" did not answer: {detail}"
+            ),
+            LakeError::CredentialExists(n) => write!(f, "credential \"{n}\" already exists"),
+            LakeError::UndefinedCredential(n) => write!(f, "credential \"{n}\" does not exist"),
+            LakeError::CredentialInUse { name, tables } => write!(
+                f,
+                "credential \"{name}\" is named by synced table(s) {tables}"
+            ),
             LakeError::InvalidParameter { message, .. } => write!(f, "{message}"),
             LakeError::InvalidName(m) => write!(f, "{m}"),
             LakeError::NotSynced(t) => write!(f, "\"{t}\" is not a synced table"),
@@ -318,4 +378,59 @@ impl<T> OrRaise<T> for Result<T> {
             Err(e) => e.raise(),
         }
     }
+}
+
+/// The secret values of the credentials this process has used: masked wherever they would
+/// appear in a message (process-wide, since errors are made on the I/O threads too).
+static SECRETS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Secrets shorter than this are not masked (a `true`, a short id would mask ordinary words).
+const MIN_SECRET_LEN: usize = 6;
+
+/// Remembers secret values to mask in every later message of this process.
+pub fn register_secrets<'a>(values: impl IntoIterator<Item = &'a str>) {
+    let mut known = SECRETS.lock().unwrap_or_else(|p| p.into_inner());
+    for v in values {
+        if v.len() >= MIN_SECRET_LEN && !known.iter().any(|k| k == v) {
+            known.push(v.to_string());
+        }
+    }
+}
+
+/// `s` without any registered secret and without the query strings of the URLs in it (where
+/// SAS tokens and signatures live).
+pub fn redact(s: &str) -> String {
+    let mut out = s.to_string();
+    {
+        let known = SECRETS.lock().unwrap_or_else(|p| p.into_inner());
+        for secret in known.iter() {
+            if out.contains(secret.as_str()) {
+                out = out.replace(secret.as_str(), "***");
+            }
+        }
+    }
+    mask_url_queries(&out)
+}
+
+fn mask_url_queries(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c.is_whitespace() || matches!(c, ')' | '"' | '\'' | '>' | ','))
+            .unwrap_or(tail.len());
+        let url = &tail[..end];
+        match url.find('?') {
+            Some(q) => {
+                out.push_str(&url[..q]);
+                out.push_str("?***");
+            }
+            None => out.push_str(url),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
 }

@@ -12,6 +12,7 @@ use pgrx::prelude::*;
 mod api;
 mod apply;
 mod catalog;
+mod credentials;
 mod debug;
 mod error;
 mod offload;
@@ -29,7 +30,8 @@ mod worker;
 mod tests;
 
 extension_sql_file!("catalog.sql", name = "catalog", bootstrap);
-extension_sql_file!("status.sql", name = "status", finalize);
+extension_sql_file!("status.sql", name = "status", requires = ["catalog"]);
+extension_sql_file!("access.sql", name = "access", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

@@ -11,6 +11,8 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "on_gap",
     "change_detection",
     "schedule",
+    "credential",
+    "read_only",
 ];
 
 /// What an incremental sync does when the versions it needs cannot be replayed.
@@ -53,6 +55,11 @@ pub struct SyncOptions {
     /// When the background worker syncs a SNAPSHOT or TRIGGERED table by itself: an interval
     /// (`"5 minutes"`) after each sync's start. None: only on demand.
     pub schedule: Option<String>,
+    /// The credential (of the spec's owner) an object-store source is read with; None: the
+    /// owner's credential whose scope covers the source.
+    pub credential: Option<String>,
+    /// Whether applications are kept from writing the target (only syncs may).
+    pub read_only: bool,
 }
 
 impl Default for SyncOptions {
@@ -65,6 +72,8 @@ impl Default for SyncOptions {
             on_gap: OnGap::Fail,
             change_detection: ChangeDetection::Cdf,
             schedule: None,
+            credential: None,
+            read_only: true,
         }
     }
 }
@@ -166,6 +175,21 @@ impl SyncOptions {
                         )
                     })?;
                     opts.schedule = Some(text.to_string());
+                }
+                "credential" => {
+                    let name = v.as_str().filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+                        LakeError::invalid(format!(
+                            "option \"credential\" must be the name of a credential, not {v}"
+                        ))
+                    })?;
+                    opts.credential = Some(name.to_string());
+                }
+                "read_only" => {
+                    opts.read_only = v.as_bool().ok_or_else(|| {
+                        LakeError::invalid(format!(
+                            "option \"read_only\" must be true or false, not {v}"
+                        ))
+                    })?;
                 }
                 other => {
                     return Err(LakeError::invalid_with_hint(

@@ -3,4 +3,5 @@
 pub mod changes;
 pub mod copy;
 pub mod ddl;
+pub mod guard;
 pub mod snapshot;

@@ -29,6 +29,8 @@ struct FailureMessage {
     message: String,
     /// The spec's new state; None leaves the spec as it is (a lost race, only the run counts).
     state: Option<String>,
+    #[serde(default)]
+    credential: Option<String>,
 }
 
 /// Writes the failed run and the spec's failed state in a transaction of their own. Returns
@@ -48,6 +50,7 @@ pub fn record_failure(run: &RunRecord, state: Option<&str>) -> bool {
         change_source: run.change_source.clone(),
         message: run.message.clone().unwrap_or_default(),
         state: state.map(str::to_string),
+        credential: run.credential.clone(),
     };
     let payload = serde_json::to_vec(&msg).expect("serializable");
     unsafe {
@@ -174,6 +177,7 @@ pub extern "C-unwind" fn lakesync_failure_recorder_main(arg: pg_sys::Datum) {
             change_source: msg.change_source.clone(),
             succeeded: false,
             message: Some(msg.message.clone()),
+            credential: msg.credential.clone(),
         };
         let written = Spi::run(&format!(
             "SET LOCAL lock_timeout = '{RECORDER_LOCK_TIMEOUT}'"

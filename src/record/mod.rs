@@ -22,6 +22,8 @@ pub struct RunRecord {
     pub change_source: Option<String>,
     pub succeeded: bool,
     pub message: Option<String>,
+    /// The credential the run read its source with.
+    pub credential: Option<String>,
 }
 
 impl RunRecord {
@@ -45,8 +47,23 @@ impl RunRecord {
             change_source: None,
             succeeded: false,
             message: Some(message.to_string()),
+            credential: credential_in_use(),
         }
     }
+}
+
+thread_local! {
+    /// The credential the current sync reads with (set when it is resolved), for its run's row.
+    static CREDENTIAL: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Notes the credential the current sync uses (None: none, at the start of each sync).
+pub fn set_credential_in_use(name: Option<String>) {
+    CREDENTIAL.replace(name);
+}
+
+pub fn credential_in_use() -> Option<String> {
+    CREDENTIAL.with_borrow(|c| c.clone())
 }
 
 thread_local! {
@@ -151,6 +168,7 @@ pub fn insert_run(r: &RunRecord) -> Result<i64> {
             (if r.succeeded { "succeeded" } else { "failed" }).into(),
             r.message.as_deref().map(crate::error::for_server).into(),
             r.owner.clone().into(),
+            r.credential.clone().into(),
         ]
     };
     let claimed = CLAIMED.with_borrow(|c| {
@@ -166,8 +184,8 @@ pub fn insert_run(r: &RunRecord) -> Result<i64> {
                 "UPDATE lakesync.sync_runs SET target = $1, started_at = $2, from_version = $3, \
                  to_version = $4, rows_inserted = $5, rows_updated = $6, rows_deleted = $7, \
                  rows_skipped = $8, change_source = $9, status = $10, message = $11, owner = $12, \
-                 finished_at = pg_catalog.clock_timestamp() \
-                 WHERE run_id OPERATOR(pg_catalog.=) $13 \
+                 credential = $13, finished_at = pg_catalog.clock_timestamp() \
+                 WHERE run_id OPERATOR(pg_catalog.=) $14 \
                    AND status OPERATOR(pg_catalog.=) 'running' RETURNING run_id",
                 &args,
             )
@@ -181,8 +199,8 @@ pub fn insert_run(r: &RunRecord) -> Result<i64> {
         Spi::get_one_with_args::<i64>(
             "INSERT INTO lakesync.sync_runs (target, started_at, from_version, to_version, \
              rows_inserted, rows_updated, rows_deleted, rows_skipped, change_source, status, \
-             message, owner) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING run_id",
+             message, owner, credential) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING run_id",
             &args(),
         )
         .map_err(|e| LakeError::Internal(format!("cannot record the sync run: {e}")))?

@@ -2,15 +2,21 @@
 
 use crate::error::{LakeError, Result};
 use pgrx::pg_sys;
+use crate::source::store::{Provider, StoreAccess};
+use std::sync::Arc;
 use url::Url;
 
 #[derive(Debug, Clone)]
 pub struct SourceLocation {
     pub url: Url,
+    /// How to reach an object store: the options of the credential the sync uses (resolved in
+    /// the backend, `credentials::locate`). None for server files.
+    pub access: Option<Arc<StoreAccess>>,
 }
 
 impl SourceLocation {
-    /// Accepts `file:///abs/path` or a plain absolute path. Object stores come in a later release.
+    /// Accepts `file:///abs/path`, a plain absolute path, or an object store URL: `s3://`,
+    /// `az://` / `abfss://` (and `abfs`, `adl`, `azure`) and `gs://`.
     pub fn parse(source: &str) -> Result<Self> {
         let s = source.trim();
         if s.is_empty() {
@@ -27,13 +33,16 @@ impl SourceLocation {
                         "source \"{}\" is neither an absolute path nor a URI",
                         mask(s)
                     ),
-                    "Write file:///absolute/path or /absolute/path.",
+                    "Write /absolute/path, file:///absolute/path, s3://bucket/path, az://container/path, abfss://container@account.dfs.core.windows.net/path or gs://bucket/path.",
                 )
             })?;
+            if Provider::of_scheme(url.scheme()).is_some() {
+                return Self::parse_store_url(s, url);
+            }
             if url.scheme() != "file" {
                 return Err(LakeError::Unsupported {
-                    message: format!("source scheme \"{}\" is not supported yet", url.scheme()),
-                    hint: Some("This release reads file:// URIs and absolute paths.".into()),
+                    message: format!("source scheme \"{}\" is not supported", url.scheme()),
+                    hint: Some("Sources are server paths (file://, /absolute/path) and object stores (s3://, az://, abfss://, gs://).".into()),
                 });
             }
             let path = url.to_file_path().map_err(|_| {
@@ -43,7 +52,34 @@ impl SourceLocation {
                 LakeError::invalid(format!("source \"{}\" is not a valid file URI", mask(s)))
             })?
         };
-        Ok(SourceLocation { url })
+        Ok(SourceLocation { url, access: None })
+    }
+
+    /// An object store URL, as a directory (trailing slash), without credentials in it.
+    fn parse_store_url(s: &str, mut url: Url) -> Result<Self> {
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(LakeError::invalid(format!(
+                "source \"{}\" names no bucket or container",
+                mask(s)
+            )));
+        }
+        if url.password().is_some() || url.query().is_some() {
+            return Err(LakeError::invalid_with_hint(
+                format!("source \"{}\" carries credentials or a query string", mask(s)),
+                "Keys and tokens belong in a credential: create_credential(), then name it in the options: {\"credential\": \"name\"}.",
+            ));
+        }
+        url.set_fragment(None);
+        if !url.path().ends_with('/') {
+            let path = format!("{}/", url.path());
+            url.set_path(&path);
+        }
+        Ok(SourceLocation { url, access: None })
+    }
+
+    /// The object store provider of the source, None for server files.
+    pub fn provider(&self) -> Option<Provider> {
+        Provider::of_scheme(self.url.scheme())
     }
 
     pub fn is_local_file(&self) -> bool {

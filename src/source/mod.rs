@@ -6,6 +6,7 @@ pub mod changes;
 pub mod files;
 pub mod location;
 pub mod scan;
+pub mod store;
 
 use crate::error::{LakeError, Result};
 use delta_kernel::snapshot::SnapshotRef;
@@ -96,14 +97,28 @@ fn engine(store: Arc<dyn object_store::ObjectStore>) -> Arc<dyn Engine> {
 pub fn open(location: &SourceLocation, version: Option<i64>) -> Result<DeltaSource> {
     location.check_exists()?;
     let _guard = runtime().enter();
-    let log_store = deltalake::DeltaTableBuilder::from_url(location.url.clone())
-        .and_then(|b| b.build_storage())
-        .map_err(|e| LakeError::Delta {
-            source: location.display(),
-            detail: e.to_string(),
-        })?;
-    let engine = engine(log_store.root_object_store(None));
-    let root = log_store.root_url().clone();
+    let (engine, root) = match &location.access {
+        Some(access) => (
+            engine(access.build(&location.url, &location.display())?),
+            location.url.clone(),
+        ),
+        None if location.is_local_file() => {
+            let log_store = deltalake::DeltaTableBuilder::from_url(location.url.clone())
+                .and_then(|b| b.build_storage())
+                .map_err(|e| LakeError::Delta {
+                    source: location.display(),
+                    detail: e.to_string(),
+                })?;
+            (
+                engine(log_store.root_object_store(None)),
+                log_store.root_url().clone(),
+            )
+        }
+        None => return Err(LakeError::Internal(format!(
+            "no credential was resolved for \"{}\"",
+            location.display()
+        ))),
+    };
     let mut builder = Snapshot::builder_for(root.as_str());
     if let Some(v) = version {
         builder = builder.at_version(v as u64);
@@ -156,6 +171,11 @@ pub fn classify(location: &SourceLocation, e: delta_kernel::Error) -> LakeError 
     let source = location.display();
     let e = unwrap_kernel(e);
     let text = e.to_string();
+    if location.access.is_some() {
+        if let Some(err) = store_failure(location, &text) {
+            return err;
+        }
+    }
     if text.contains("not found") || text.contains("No such file") {
         // Whichever layer noticed it (object store, parquet reader), a file the log names is gone.
         if !matches!(
@@ -218,4 +238,59 @@ pub fn classify(location: &SourceLocation, e: delta_kernel::Error) -> LakeError 
             detail: other.to_string(),
         },
     }
+}
+
+/// An object store's refusal or silence, told apart by what its error says (it reaches us
+/// through the kernel, the Parquet reader or object_store, each wrapping it differently).
+pub fn store_failure(location: &SourceLocation, text: &str) -> Option<LakeError> {
+    const DENIED: &[&str] = &[
+        "403",
+        "401",
+        "Forbidden",
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "AuthenticationFailed",
+        "AuthorizationFailure",
+        "PermissionDenied",
+        "Unauthenticated",
+        "Permission denied",
+    ];
+    const MISSING: &[&str] = &[
+        "NoSuchBucket",
+        "ContainerNotFound",
+        "The specified bucket does not exist",
+        "The specified container does not exist",
+        "bucket does not exist",
+    ];
+    const SILENT: &[&str] = &[
+        "error sending request",
+        "Connection refused",
+        "connection closed",
+        "timed out",
+        "Timeout",
+        "dns error",
+        "connection reset",
+        "error trying to connect",
+        "request or response body error",
+        "error decoding response body",
+    ];
+    let source = location.display();
+    let detail = text.to_string();
+    if MISSING.iter().any(|m| text.contains(m)) {
+        return Some(LakeError::SourceNotFound(source));
+    }
+    if DENIED.iter().any(|m| text.contains(m)) {
+        let credential = location.access.as_ref().and_then(|a| a.credential.clone());
+        return Some(LakeError::StoreDenied {
+            source,
+            credential,
+            detail,
+        });
+    }
+    if SILENT.iter().any(|m| text.contains(m)) {
+        return Some(LakeError::StoreUnavailable { source, detail });
+    }
+    None
 }

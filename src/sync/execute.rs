@@ -185,6 +185,7 @@ fn apply_changes(
     };
     // On the board for the whole apply (a reload below is the same sync: it stays on it).
     let _on_board = record::board::sync_started(run.relid, source.version());
+    let _writing = apply::guard::writing(run.relid);
     run.evolve()?;
     let mut total = Counts::default();
     for step in steps {
@@ -232,6 +233,7 @@ pub fn load_snapshot(
         Load::First => (None, None, false),
         Load::Replace { from_version, why } => (from_version, why, true),
     };
+    let _writing = apply::guard::writing(run.relid);
     // A type change or a dropped column is applied after the old rows are gone.
     let cleared = if replace_existing && run.schema.iter().any(|c| !c.keeps_data()) {
         Some(apply::snapshot::clear(run.target)?)
@@ -331,6 +333,7 @@ fn record_success(
         change_source: Some(change_source.as_str().into()),
         succeeded: true,
         message: Some(message.clone()),
+        credential: record::credential_in_use(),
     })?;
     catalog::mark_synced(
         &qualified,

@@ -34,8 +34,8 @@ impl SyncJob {
         locked(&spec);
         let opts = SyncOptions::parse(&spec.options)?;
         let mode = Mode::parse(&spec.mode)?;
-        let location = SourceLocation::parse(&spec.source)?;
-        location.check_access()?;
+        let location =
+            crate::credentials::locate(&spec.source, &spec.owner, opts.credential.as_deref())?;
         let relid = relid.ok_or_else(|| LakeError::InvalidParameter {
             message: format!("the table of synced table \"{qualified}\" no longer exists"),
             hint: Some(format!(

@@ -34,6 +34,7 @@ use std::time::Instant;
 /// first sync — all in the caller's transaction, so a failure leaves nothing behind.
 pub fn create(req: NewSyncedTable) -> Result<SyncReport> {
     crate::error::forget_raised();
+    crate::record::set_credential_in_use(None);
     let clock = Instant::now();
     let started = now();
     // Names resolve through the caller's search_path; everything after runs under a safe one.
@@ -51,8 +52,11 @@ fn create_named(
     let opts = SyncOptions::parse(&req.options)?;
     check_mode_options(mode, &req.primary_key, &req.options)?;
     let qualified = target.qualified();
-    let location = SourceLocation::parse(req.source)?;
-    location.check_access()?;
+    let location = crate::credentials::locate(
+        req.source,
+        &catalog::current_role_name(),
+        opts.credential.as_deref(),
+    )?;
     if catalog::exists(&qualified, None)? {
         return Err(LakeError::invalid_with_hint(
             format!("\"{qualified}\" is already a synced table"),
@@ -66,6 +70,9 @@ fn create_named(
     require_change_feed(mode, &opts, &location, &source)?;
     let plan = plan_columns(&source, &opts, &req.primary_key)?;
     let relid = apply::ddl::create_target(&target, &plan)?;
+    if opts.read_only {
+        apply::guard::set_read_only(&target, true)?;
+    }
     let caller = catalog::caller();
     catalog::insert_spec(
         &Spec {
@@ -149,13 +156,24 @@ pub fn alter(target: &str, mode: Option<&str>, options: Option<serde_json::Value
         let options = options.unwrap_or_else(|| spec.options.clone());
         let opts = SyncOptions::parse(&options)?;
         check_mode_options(mode, &spec.primary_key, &options)?;
-        let location = SourceLocation::parse(&spec.source)?;
-        if mode.incremental() && opts.change_detection == ChangeDetection::Cdf {
-            location.check_access()?;
-            let source = open_source(&location, opts.version)?;
-            require_change_feed(mode, &opts, &location, &source)?;
+        let cdf = mode.incremental() && opts.change_detection == ChangeDetection::Cdf;
+        if cdf || SourceLocation::parse(&spec.source)?.provider().is_some() {
+            // The credential it would use must exist (and the change feed, for cdf).
+            let location = crate::credentials::locate(
+                &spec.source,
+                &spec.owner,
+                opts.credential.as_deref(),
+            )?;
+            if cdf {
+                let source = open_source(&location, opts.version)?;
+                require_change_feed(mode, &opts, &location, &source)?;
+            }
         }
-        catalog::set_mode_options(&qualified, &caller, mode.as_str(), &options)
+        let altered = catalog::set_mode_options(&qualified, &caller, mode.as_str(), &options)?;
+        if altered {
+            apply::guard::set_read_only(&name, opts.read_only)?;
+        }
+        Ok(altered)
     })
 }
 
@@ -273,6 +291,7 @@ enum Via {
 
 fn run_recorded(target: &str, via: Via, full: bool) -> Result<SyncReport> {
     crate::error::forget_raised();
+    crate::record::set_credential_in_use(None);
     let clock = Instant::now();
     let started = now();
     let name = TargetName::for_existing(target)?;
