@@ -28,6 +28,22 @@ fn spi_err(e: pgrx::spi::Error) -> LakeError {
     LakeError::Internal(format!("credential catalog access failed: {e}"))
 }
 
+/// The first column of the first row a statement returns, None when it returns no row (pgrx's
+/// `Spi::get_one*` fail then).
+fn first<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+) -> Result<Option<T>> {
+    Spi::connect_mut(|c| {
+        let rows = c.update(sql, Some(1), args)?;
+        if let Some(row) = rows.into_iter().next() {
+            return row.get::<T>(1);
+        }
+        Ok(None)
+    })
+    .map_err(spi_err)
+}
+
 /// A credential's options, sorted into what is shown and what is kept secret.
 #[derive(Default)]
 struct Parsed {
@@ -74,8 +90,12 @@ fn parse(provider: Provider, options: &Value, base: Parsed) -> Result<Parsed> {
         _ => return Err(LakeError::invalid("credential options must be a JSON object")),
     };
     let mut p = base;
-    // Secrets are masked from here on, also in the errors about other options below.
-    crate::error::register_secrets(obj.values().filter_map(Value::as_str));
+    // Secret values are masked from here on, also in errors about the other options.
+    for (key, value) in obj {
+        if let Ok((_, Class::Secret)) = store::classify(provider, key) {
+            register_secret(value);
+        }
+    }
     for (key, value) in obj {
         match key.as_str() {
             USE_ENVIRONMENT => {
@@ -121,6 +141,24 @@ fn parse(provider: Provider, options: &Value, base: Parsed) -> Result<Parsed> {
         }
     }
     Ok(p)
+}
+
+/// Masks a secret value in later messages: a string, or every string in a JSON key file (its
+/// private key among them) and the file's text as object_store is given it.
+fn register_secret(value: &Value) {
+    match value {
+        Value::String(s) => crate::error::register_secrets([s.as_str()]),
+        Value::Object(_) | Value::Array(_) => {
+            crate::error::register_secrets([value.to_string().as_str()]);
+            let leaves: Vec<&Value> = match value {
+                Value::Object(m) => m.values().collect(),
+                Value::Array(a) => a.iter().collect(),
+                _ => unreachable!(),
+            };
+            leaves.into_iter().for_each(register_secret);
+        }
+        _ => {}
+    }
 }
 
 fn obj_use_environment(obj: &Map<String, Value>, p: &Parsed) -> bool {
@@ -226,7 +264,7 @@ pub fn create(name: &str, provider: &str, options: &Value) -> Result<()> {
     let owner = catalog::current_role_name();
     crate::session::with_safe_search_path(|| {
         as_catalog_owner(|| {
-            let inserted = Spi::get_one_with_args::<bool>(
+            let inserted = first::<bool>(
                 "INSERT INTO lakesync.stored_credentials \
                    (owner, name, provider, options, secrets, scope, use_environment) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7) \
@@ -240,8 +278,7 @@ pub fn create(name: &str, provider: &str, options: &Value) -> Result<()> {
                     p.scope.clone().into(),
                     p.use_environment.into(),
                 ],
-            )
-            .map_err(spi_err)?;
+            )?;
             if inserted != Some(true) {
                 return Err(LakeError::CredentialExists(name.into()));
             }
@@ -291,7 +328,7 @@ fn load(owner: &str, name: &str, lock: bool) -> Result<Option<Stored>> {
         scope,
         use_environment,
     };
-    crate::error::register_secrets(parsed.secrets.values().filter_map(Value::as_str));
+    parsed.secrets.values().for_each(register_secret);
     Ok(Some(Stored {
         provider: Provider::parse(&provider)?,
         parsed,
@@ -333,27 +370,25 @@ pub fn drop(name: &str, if_exists: bool) -> Result<bool> {
     let owner = catalog::current_role_name();
     crate::session::with_safe_search_path(|| {
         as_catalog_owner(|| {
-            let users = Spi::get_one_with_args::<String>(
+            let users = first::<String>(
                 "SELECT pg_catalog.string_agg(pg_catalog.quote_literal(target), ', ' ORDER BY target) \
                    FROM lakesync.synced_tables \
                   WHERE owner OPERATOR(pg_catalog.=) $1 \
                     AND options OPERATOR(pg_catalog.->>) 'credential' OPERATOR(pg_catalog.=) $2",
                 &[owner.as_str().into(), name.into()],
-            )
-            .map_err(spi_err)?;
+            )?;
             if let Some(tables) = users {
                 return Err(LakeError::CredentialInUse {
                     name: name.into(),
                     tables,
                 });
             }
-            let dropped = Spi::get_one_with_args::<bool>(
+            let dropped = first::<bool>(
                 "DELETE FROM lakesync.stored_credentials \
                   WHERE owner OPERATOR(pg_catalog.=) $1 AND name OPERATOR(pg_catalog.=) $2 \
                  RETURNING true",
                 &[owner.as_str().into(), name.into()],
-            )
-            .map_err(spi_err)?
+            )?
             .unwrap_or(false);
             if !dropped && !if_exists {
                 return Err(LakeError::UndefinedCredential(name.into()));
@@ -382,7 +417,7 @@ pub fn locate(source: &str, owner: &str, named: Option<&str>) -> Result<SourceLo
     let chosen = match named {
         Some(name) => Some(name.to_string()),
         None => as_catalog_owner(|| {
-            Spi::get_one_with_args::<String>(
+            first::<String>(
                 "SELECT name FROM lakesync.stored_credentials \
                   WHERE owner OPERATOR(pg_catalog.=) $1 AND provider OPERATOR(pg_catalog.=) $2 \
                     AND scope IS NOT NULL \
@@ -394,7 +429,6 @@ pub fn locate(source: &str, owner: &str, named: Option<&str>) -> Result<SourceLo
                     location.url.as_str().into(),
                 ],
             )
-            .map_err(spi_err)
         })?,
     };
     let Some(name) = chosen else {

@@ -120,6 +120,19 @@ class Azurite(_Emulator):
               f"AccountKey={AZURITE_KEY};BlobEndpoint={self.endpoint};")
         BlobServiceClient.from_connection_string(cs).create_container(name)
 
+    def upload_dir(self, local, container, prefix):
+        """Uploads every file under `local` to az://container/prefix/ (as for GCS: the deltalake
+        package's commits on Azurite fail, as Azurite ignores list offsets)."""
+        from azure.storage.blob import BlobServiceClient
+        cs = (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
+              f"AccountKey={AZURITE_KEY};BlobEndpoint={self.endpoint};")
+        c = BlobServiceClient.from_connection_string(cs).get_container_client(container)
+        for root, _, files in os.walk(local):
+            for f in sorted(files):
+                path = os.path.join(root, f)
+                with open(path, "rb") as fh:
+                    c.upload_blob(prefix + "/" + os.path.relpath(path, local), fh, overwrite=True)
+
     def storage_options(self):
         return {"azure_storage_account_name": AZURITE_ACCOUNT,
                 "azure_storage_account_key": AZURITE_KEY,
@@ -147,8 +160,8 @@ class FakeGcs(_Emulator):
         urllib.request.urlopen(req).read()
 
     def upload_dir(self, local, bucket, prefix):
-        """Uploads every file under `local` to gs://bucket/prefix/ (all again: objects are
-        replaced whole, and Delta never rewrites a file, so re-uploading is harmless)."""
+        """Uploads every file under `local` to gs://bucket/prefix/ (all again: Delta never
+        rewrites a file, so uploading one twice is harmless)."""
         for root, _, files in os.walk(local):
             for f in sorted(files):
                 path = os.path.join(root, f)

@@ -175,6 +175,10 @@ pub fn classify(location: &SourceLocation, e: delta_kernel::Error) -> LakeError 
         if let Some(err) = store_failure(location, &text) {
             return err;
         }
+        // An object store has no directories: a path without a log is simply not there.
+        if text.contains("No files in log segment") {
+            return LakeError::SourceNotFound(source);
+        }
     }
     if text.contains("not found") || text.contains("No such file") {
         // Whichever layer noticed it (object store, parquet reader), a file the log names is gone.

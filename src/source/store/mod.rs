@@ -10,6 +10,7 @@
 
 pub mod azure;
 pub mod gcs;
+pub mod ordered;
 pub mod s3;
 
 use crate::error::{LakeError, Result};
@@ -184,7 +185,7 @@ impl StoreAccess {
             Provider::Azure => azure::build(url, &options, self.use_environment, retry),
             Provider::Gcs => gcs::build(url, &options, self.use_environment, retry),
         };
-        built.map_err(|e| LakeError::invalid_with_hint(
+        built.map(|store| Arc::new(ordered::Ordered(store)) as Arc<dyn ObjectStore>).map_err(|e| LakeError::invalid_with_hint(
             format!("cannot reach Delta table \"{display}\": {e}"),
             match &self.credential {
                 Some(c) => format!("Check the options of credential \"{c}\" (lakesync.credentials shows them) with alter_credential()."),
