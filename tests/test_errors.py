@@ -173,6 +173,7 @@ def test_unknown_mode_and_option(db):
 def test_file_access_needs_pg_read_server_files(db, cluster):
     path = make_table([{"id": 1}])
     db.execute("CREATE ROLE app LOGIN")
+    db.execute("GRANT lakesync_user TO app")
     db.execute("GRANT CREATE ON SCHEMA public TO app")
     with psycopg.connect(cluster.dsn(dbname=db.dbname_, user="app"), autocommit=True) as app:
         state, msg, hint = error_of(app, "SELECT create_synced_table('t', %s)", (path,))

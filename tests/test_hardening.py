@@ -43,6 +43,7 @@ def as_role(cluster, db, role):
 def app(db):
     """A login role that may read server files and create tables in public."""
     db.execute("CREATE ROLE app LOGIN")
+    db.execute("GRANT lakesync_user TO app")
     try:
         db.execute("GRANT pg_read_server_files TO app")
         db.execute("GRANT CREATE ON SCHEMA public TO app")
@@ -333,6 +334,7 @@ def test_user_columns_survive_syncs_and_full_refresh(db, mode):
 @pytest.fixture()
 def nologin_app(db):
     db.execute("CREATE ROLE nologin_app NOLOGIN")
+    db.execute("GRANT lakesync_user TO nologin_app")
     yield "nologin_app"
     db.execute("RESET ROLE")
     db.execute("DROP OWNED BY nologin_app CASCADE")

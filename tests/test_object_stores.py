@@ -472,7 +472,7 @@ def test_synced_tables_are_read_only(db, roles, moto):
         for sql in ("INSERT INTO public.ro VALUES (9, 'x', 1)", "UPDATE public.ro SET amount = 0",
                     "DELETE FROM public.ro", "TRUNCATE public.ro"):
             e = error_of(who, sql)
-            assert e.sqlstate == "42501" and "is read-only" in str(e), sql
+            assert e.sqlstate == "42501" and "synced table public.ro: it is read-only" in str(e), sql
             assert '"read_only": false' in e.diag.message_hint
     # The syncs write it: incremental, and a full refresh.
     write_deltalake(uri, batch([4]), mode="append", storage_options=so)

@@ -174,6 +174,7 @@ def test_pause_resume_and_alter(wdb):
 
 def test_worker_syncs_as_the_owner_never_as_a_superuser(wdb, wcluster):
     wdb.execute("CREATE ROLE wapp LOGIN")
+    wdb.execute("GRANT lakesync_user TO wapp")
     wdb.execute("GRANT pg_read_server_files TO wapp")
     wdb.execute("GRANT CREATE ON SCHEMA public TO wapp")
     try:
@@ -202,6 +203,7 @@ def test_worker_syncs_as_the_owner_never_as_a_superuser(wdb, wcluster):
 def test_deferred_triggers_of_the_owner_run_as_the_owner(wdb, wcluster):
     """The worker commits as the owner too: a deferred trigger fires at commit."""
     wdb.execute("CREATE ROLE wowner LOGIN")
+    wdb.execute("GRANT lakesync_user TO wowner")
     wdb.execute("GRANT pg_read_server_files TO wowner")
     wdb.execute("GRANT CREATE ON SCHEMA public TO wowner")
     try:
@@ -252,7 +254,7 @@ def test_drop_extension_is_not_held_up_by_a_sync_in_flight(wdb):
         "AND datname = current_database()").fetchone() == (1,), timeout=15)
     time.sleep(0.5)
     began = time.time()
-    wdb.execute("DROP EXTENSION pg_lakesync")
+    wdb.execute("DROP EXTENSION pg_lakesync CASCADE")  # the read-only triggers go too
     assert time.time() - began < 10
     wdb.execute(f'ALTER DATABASE "{wdb.dbname_}" RESET lakesync.debug_pause')
     assert ids(wdb) == [1]  # the sync in flight rolled back
@@ -280,7 +282,7 @@ def test_drop_extension_is_not_held_up(wdb):
     wdb.execute("SELECT create_synced_table('t', %s, ARRAY['id'], 'continuous')", (path,))
     assert wait_for(lambda: scheduler_running(wdb), timeout=15)
     wdb.execute("SET lock_timeout = '5s'")
-    wdb.execute("DROP EXTENSION pg_lakesync")
+    wdb.execute("DROP EXTENSION pg_lakesync CASCADE")  # the read-only triggers go too
     assert wait_for(lambda: wdb.execute(
         "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_lakesync scheduler' "
         "AND datname = current_database()").fetchone() == (0,), timeout=10)

@@ -75,3 +75,25 @@ SELECT count(*) FROM lake.old;
 SELECT drop_synced_table('lake.mapped', drop_data => true);
 SELECT to_regclass('lake.mapped');
 SELECT target FROM lakesync.synced_tables ORDER BY 1;
+
+-- Synced tables are read-only to applications: only their syncs write them.
+INSERT INTO lake.simple (id) VALUES (1000);
+\echo :LAST_ERROR_SQLSTATE
+TRUNCATE lake.simple;
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) FROM lake.simple;
+
+-- Credentials for object-store sources: each belongs to its role; secrets are never shown.
+\d lakesync.credentials
+SELECT create_credential('open_data', 's3', '{"skip_signature": true, "region": "eu-west-1", "scope": "s3://open-data/climate"}');
+SELECT create_credential('warehouse', 's3', '{"access_key_id": "AKIDEXAMPLE", "secret_access_key": "not-shown-anywhere", "region": "us-east-1"}');
+SELECT name, provider, owner, options, scope, use_environment, secrets_set FROM lakesync.credentials ORDER BY name;
+SELECT create_credential('bad', 's3', '{"region": "us-east-1"}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT create_credential('bad', 's3', '{"skip_signature": true, "metadata_endpoint": "http://169.254.169.254"}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT alter_credential('warehouse', '{"secret_access_key": "rotated-not-shown", "region": null}');
+SELECT name, options, secrets_set FROM lakesync.credentials WHERE name = 'warehouse';
+SELECT drop_credential('warehouse');
+SELECT drop_credential('warehouse', if_exists => true);
+SELECT name FROM lakesync.credentials;

@@ -119,11 +119,9 @@ impl std::fmt::Debug for StoreAccess {
     }
 }
 
-/// A request that gets no answer fails after this (object_store's default is none), so a store
-/// that goes away cannot hang a sync; `timeout` / `connect_timeout` change it.
-const DEFAULT_TIMEOUT: &str = "60s";
-const DEFAULT_CONNECT_TIMEOUT: &str = "10s";
-/// Retries of a failed request (object_store's default is 10 over up to 3 minutes).
+/// Retries of a failed request. object_store's default is 10 over up to 3 minutes, which holds
+/// a sync (and its locks) that long when a store is down; its request timeouts (30 s, connect
+/// 5 s) are kept. Options `max_retries`, `retry_timeout`, `timeout` and `connect_timeout` change them.
 const DEFAULT_MAX_RETRIES: usize = 3;
 const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -159,20 +157,13 @@ impl StoreAccess {
         })
     }
 
-    /// object_store's options: ours (retries) left out, client timeouts defaulted.
+    /// object_store's options: ours (retries) left out.
     fn store_options(&self) -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> = vec![
-            ("timeout".into(), DEFAULT_TIMEOUT.into()),
-            ("connect_timeout".into(), DEFAULT_CONNECT_TIMEOUT.into()),
-        ];
-        for (k, v) in &self.options {
-            if k == MAX_RETRIES || k == RETRY_TIMEOUT {
-                continue;
-            }
-            out.retain(|(d, _)| d != k);
-            out.push((k.clone(), v.clone()));
-        }
-        out
+        self.options
+            .iter()
+            .filter(|(k, _)| k != MAX_RETRIES && k != RETRY_TIMEOUT)
+            .cloned()
+            .collect()
     }
 
     /// The store holding the table at `url` (the bucket or container; the kernel finds objects
