@@ -2,7 +2,8 @@
 # Every benchmark in one command; results go to stdout and target/bench/<time>.md.
 #   bash bench/run.sh           W1 (1 M and 10 M rows), W2 (10 M rows at 1/10/50 % churn), W4,
 #                               files-mode memory (one new 1 M-row file), and the background
-#                               worker's W3 lag (300 commits) and W5 idle cost
+#                               worker's W3 lag (300 commits) and W5 idle cost, and W6 (1 M rows
+#                               from the S3 emulator vs local disk vs DIY)
 #   bash bench/run.sh --quick   the same at 1 M rows (a few minutes)
 #   add --perf                  one run of each path under perf (CPU and page-fault profiles,
 #                               target/bench/<time>-perf/); timings from profiled runs are skewed
@@ -33,5 +34,6 @@ out="target/bench/$stamp.md"
   python3 bench/changes_bench.py --rows "$changes_rows" --churn 0.01,0.1,0.5 --runs "$runs" "${perf[@]}"
   python3 bench/files_memory.py --rows 1000000 --runs "$runs"
   python3 bench/worker_bench.py --commits "$commits" --big-rows "${rows##*,}"
+  python3 bench/store_bench.py --rows 1000000 --runs "$runs"
 } 2>&1 | tee "$out"
 echo "results: $out"
