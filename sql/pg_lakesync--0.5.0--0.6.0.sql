@@ -36,7 +36,7 @@ COMMENT ON VIEW lakesync.credentials IS
     'Your credentials (a superuser: all) without their secrets: secrets_set names the secret options given';
 GRANT SELECT ON lakesync.credentials TO PUBLIC;
 
-SELECT pg_catalog.pg_extension_config_dump('lakesync.stored_credentials', '');
+-- Credentials are not dumped (no secrets in dumps; a non-superuser's pg_dump still works).
 
 -- The credential functions (as pgrx declares them).
 CREATE FUNCTION @extschema@."create_credential"(
@@ -153,7 +153,9 @@ DECLARE
 BEGIN
     FOR r IN SELECT c.oid::pg_catalog.regclass AS rel FROM lakesync.synced_tables s
                JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(s.target)
-              WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t
+              -- the spec's own table, not one that took its name since
+              WHERE (s.target_relid IS NULL OR s.target_relid OPERATOR(pg_catalog.=) c.oid)
+                AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t
                                  WHERE t.tgrelid OPERATOR(pg_catalog.=) c.oid
                                    AND t.tgname OPERATOR(pg_catalog.=) 'lakesync_read_only')
     LOOP

@@ -87,7 +87,11 @@ fn parse(provider: Provider, options: &Value, base: Parsed) -> Result<Parsed> {
     let obj = match options {
         Value::Object(o) => o,
         Value::Null => return Ok(base),
-        _ => return Err(LakeError::invalid("credential options must be a JSON object")),
+        _ => {
+            return Err(LakeError::invalid(
+                "credential options must be a JSON object",
+            ))
+        }
     };
     let mut p = base;
     // Secret values are masked from here on, also in errors about the other options.
@@ -147,7 +151,26 @@ fn parse(provider: Provider, options: &Value, base: Parsed) -> Result<Parsed> {
 /// private key among them) and the file's text as object_store is given it.
 fn register_secret(value: &Value) {
     match value {
-        Value::String(s) => crate::error::register_secrets([s.as_str()]),
+        Value::String(s) => {
+            // As given, as JSON writes it (a key file's private key has escaped newlines), and
+            // each value of a SAS token's query pairs, as object_store decodes them.
+            let escaped = serde_json::to_string(s).unwrap_or_default();
+            let escaped = escaped.trim_matches('"');
+            let mut forms = vec![s.clone(), escaped.to_string()];
+            for pair in s.trim_start_matches('?').split('&') {
+                if let Some((_, v)) = pair.split_once('=') {
+                    forms.push(v.to_string());
+                    if let Ok(d) = url::form_urlencoded::parse(pair.as_bytes())
+                        .next()
+                        .map(|(_, d)| d.into_owned())
+                        .ok_or(())
+                    {
+                        forms.push(d);
+                    }
+                }
+            }
+            crate::error::register_secrets(forms.iter().map(String::as_str));
+        }
         Value::Object(_) | Value::Array(_) => {
             crate::error::register_secrets([value.to_string().as_str()]);
             let leaves: Vec<&Value> = match value {
@@ -183,10 +206,11 @@ fn normalize_scope(provider: Provider, s: &str) -> Result<String> {
 
 /// What a credential must say before it is stored: how to sign requests (or that it reaches
 /// the server's identity, for who may), and option values object_store accepts.
-fn validate(provider: Provider, p: &Parsed) -> Result<()> {
+fn validate(provider: Provider, p: &Parsed, role: &str) -> Result<()> {
     if p.use_environment {
-        check_may_use_server_identity(&catalog::current_role_name())?;
+        check_may_use_server_identity(role)?;
     } else {
+        refuse_ambient(provider, p)?;
         let all = p.all();
         let own = match provider {
             Provider::S3 => store::s3::has_own_identity(&all),
@@ -231,6 +255,24 @@ fn validate(provider: Provider, p: &Parsed) -> Result<()> {
     Ok(())
 }
 
+/// Without `use_environment`, no stored option may reach the server's identity or files —
+/// also one stored while it was on (object_store would pick such a provider before the keys).
+fn refuse_ambient(provider: Provider, p: &Parsed) -> Result<()> {
+    for key in p.plain.keys().chain(p.secrets.keys()) {
+        if let Ok((_, Class::Ambient)) = store::classify(provider, key) {
+            return Err(LakeError::Permission {
+                message: format!(
+                    "option \"{key}\" uses the database server's own identity or files"
+                ),
+                hint: Some(format!(
+                    "Set \"use_environment\": true as well; that needs superuser or membership in role \"{SERVER_CREDENTIALS_ROLE}\". Or remove it: {{\"{key}\": null}}."
+                )),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Using the server's own identity needs superuser or the role made for it.
 fn check_may_use_server_identity(role: &str) -> Result<()> {
     let allowed = unsafe {
@@ -260,8 +302,8 @@ pub fn create(name: &str, provider: &str, options: &Value) -> Result<()> {
     check_name(name)?;
     let provider = Provider::parse(provider)?;
     let p = parse(provider, options, Parsed::default())?;
-    validate(provider, &p)?;
     let owner = catalog::current_role_name();
+    validate(provider, &p, &owner)?;
     crate::session::with_safe_search_path(|| {
         as_catalog_owner(|| {
             let inserted = first::<bool>(
@@ -342,10 +384,10 @@ pub fn alter(name: &str, options: &Value) -> Result<()> {
     let owner = catalog::current_role_name();
     crate::session::with_safe_search_path(|| {
         as_catalog_owner(|| {
-            let stored =
-                load(&owner, name, true)?.ok_or_else(|| LakeError::UndefinedCredential(name.into()))?;
+            let stored = load(&owner, name, true)?
+                .ok_or_else(|| LakeError::UndefinedCredential(name.into()))?;
             let p = parse(stored.provider, options, stored.parsed)?;
-            validate(stored.provider, &p)?;
+            validate(stored.provider, &p, &owner)?;
             Spi::run_with_args(
                 "UPDATE lakesync.stored_credentials \
                     SET options = $3, secrets = $4, scope = $5, use_environment = $6, \
@@ -456,6 +498,8 @@ pub fn locate(source: &str, owner: &str, named: Option<&str>) -> Result<SourceLo
     if stored.parsed.use_environment {
         // Checked again at each use: the grant may have been revoked since.
         check_may_use_server_identity(owner)?;
+    } else {
+        refuse_ambient(provider, &stored.parsed)?;
     }
     crate::record::set_credential_in_use(Some(name.clone()));
     location.access = Some(Arc::new(StoreAccess {
@@ -465,4 +509,72 @@ pub fn locate(source: &str, owner: &str, named: Option<&str>) -> Result<SourceLo
         use_environment: stored.parsed.use_environment,
     }));
     Ok(location)
+}
+
+/// The access the scheduler looks at an object-store source's log with: the credential the
+/// owner's sync would use, read with read-only queries (the scheduler is a superuser, and its
+/// polls write nothing). None for server paths and when there is no usable credential.
+pub fn watch_access(source: &str, owner: &str, named: Option<&str>) -> Option<Arc<StoreAccess>> {
+    let location = SourceLocation::parse(source).ok()?;
+    let provider = location.provider()?;
+    let name = match named {
+        Some(n) => n.to_string(),
+        None => catalog::read_one::<String>(
+            "SELECT (SELECT name FROM lakesync.stored_credentials \
+              WHERE owner OPERATOR(pg_catalog.=) $1 AND provider OPERATOR(pg_catalog.=) $2 \
+                AND scope IS NOT NULL AND pg_catalog.starts_with($3, scope) \
+              ORDER BY pg_catalog.length(scope) DESC, name LIMIT 1)",
+            &[
+                owner.into(),
+                provider.as_str().into(),
+                location.url.as_str().into(),
+            ],
+        )
+        .ok()??,
+    };
+    let stored = Spi::connect(|c| {
+        let rows = c.select(
+            "SELECT provider, options, secrets, use_environment FROM lakesync.stored_credentials \
+              WHERE owner OPERATOR(pg_catalog.=) $1 AND name OPERATOR(pg_catalog.=) $2",
+            Some(1),
+            &[owner.into(), name.as_str().into()],
+        )?;
+        let mut out = None;
+        for r in rows {
+            out = Some((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<JsonB>(2)?.map(|j| j.0),
+                r.get::<JsonB>(3)?.map(|j| j.0),
+                r.get::<bool>(4)?.unwrap_or(false),
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .ok()??;
+    let (stored_provider, plain, secrets, use_environment) = stored;
+    let obj = |v: Option<Value>| match v {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    let parsed = Parsed {
+        plain: obj(plain),
+        secrets: obj(secrets),
+        scope: None,
+        use_environment,
+    };
+    let allowed = if use_environment {
+        check_may_use_server_identity(owner)
+    } else {
+        refuse_ambient(provider, &parsed)
+    };
+    if Provider::parse(&stored_provider).ok()? != provider || allowed.is_err() {
+        return None;
+    }
+    parsed.secrets.values().for_each(register_secret);
+    Some(Arc::new(StoreAccess {
+        provider,
+        credential: Some(name),
+        options: parsed.all(),
+        use_environment,
+    }))
 }

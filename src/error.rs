@@ -409,7 +409,38 @@ pub fn redact(s: &str) -> String {
             }
         }
     }
-    mask_url_queries(&out)
+    mask_url_queries(&without_response_bodies(&out))
+}
+
+/// A store's error quotes the body of the response it got (an XML or JSON document); only the
+/// status and the store's error code are kept — the rest is noise, or, from an endpoint a
+/// user pointed somewhere else, whatever that server said.
+fn without_response_bodies(s: &str) -> String {
+    const STATUS: &str = "status code: ";
+    let Some(at) = s.find(STATUS) else {
+        return s.to_string();
+    };
+    let rest = &s[at + STATUS.len()..];
+    // "403 Forbidden: <?xml ...": the status line ends at the first ": " or newline.
+    let end = [rest.find(": "), rest.find('\n')]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(rest.len());
+    let code = ["<Code>", "\"reason\": \"", "\"code\": \""]
+        .iter()
+        .find_map(|open| {
+            let i = rest.find(open)? + open.len();
+            let j = rest[i..].find(['<', '"'])?;
+            let c = &rest[i..i + j];
+            (!c.is_empty() && c.len() <= 64 && c.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '.'))
+                .then_some(c)
+        });
+    let mut out = format!("{}{}", &s[..at + STATUS.len()], &rest[..end]);
+    if let Some(c) = code {
+        out.push_str(&format!(" ({c})"));
+    }
+    out
 }
 
 fn mask_url_queries(s: &str) -> String {

@@ -15,7 +15,9 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
+from conftest import database_with_extension
 from lakecompare import canon_rows, pg_rows
+from pgcluster import Cluster, wait_for
 from stores import AZURITE_ACCOUNT, AZURITE_KEY, Azurite, FakeGcs, Moto, local_copy_dir
 
 CDF = {"delta.enableChangeDataFeed": "true"}
@@ -229,6 +231,8 @@ def test_wrong_key_then_rotation_without_touching_the_table(db, roles, azurite, 
     assert e.sqlstate == "42501", str(e)
     assert 'refused credential "rot"' in str(e) and uri in str(e)
     assert WRONG_AZ_KEY not in str(e) and "alter_credential" in e.diag.message_hint
+    # The store's answer is cut to its status and error code: no response body in messages.
+    assert "403 Forbidden (AuthorizationFailure)" in str(e) and "<?xml" not in str(e), str(e)
     assert alice.execute("SELECT count(*) FROM rot").fetchone() == (3,)
     state = alice.execute("SELECT state, synced_version, options FROM lakesync.synced_tables").fetchone()
     assert state == ("failed", 0, {"credential": "rot"})
@@ -435,11 +439,28 @@ def test_attacker_cannot_reach_the_server(db, roles, fixtures_dir):
     assert db.execute("SELECT count(*) FROM lakesync.stored_credentials").fetchone() == (0,)
 
 
-def test_server_identity_needs_the_role(db, roles):
-    bob = roles["bob"]
+def test_server_identity_needs_the_role(db, roles, moto):
+    bob, mallory = roles["bob"], roles["mallory"]
+    # Not by altering a credential of one's own either (the check is the caller's, not the
+    # catalog owner's).
+    s3_credential(mallory, "m", moto)
+    e = error_of(mallory, "SELECT alter_credential('m', '{\"use_environment\": true}')")
+    assert e.sqlstate == "42501" and "lakesync_use_server_credentials" in e.diag.message_hint
+    e = error_of(mallory, "SELECT alter_credential('m', "
+                          "'{\"use_environment\": true, \"web_identity_token_file\": \"/etc/passwd\"}')")
+    assert e.sqlstate == "42501"
+    assert mallory.execute("SELECT use_environment, options ? 'aws_web_identity_token_file' "
+                           "FROM lakesync.credentials").fetchone() == (False, False)
     db.execute("GRANT lakesync_use_server_credentials TO bob")
     bob.execute("SELECT create_credential('env', 's3', '{\"use_environment\": true}')")
     assert bob.execute("SELECT use_environment FROM lakesync.credentials").fetchone() == (True,)
+    # Options reaching the server's files stay tied to use_environment: turning it off with
+    # them still stored is refused.
+    bob.execute("SELECT alter_credential('env', '{\"web_identity_token_file\": \"/tmp/t\", "
+                "\"role_arn\": \"arn:aws:iam::1:role/r\"}')")
+    e = error_of(bob, "SELECT alter_credential('env', '{\"use_environment\": false, "
+                      "\"skip_signature\": true}')")
+    assert e.sqlstate == "42501" and "uses the database server's own identity" in str(e)
     # Revoked later: the credential can no longer be used.
     db.execute("REVOKE lakesync_use_server_credentials FROM bob")
     e = error_of(bob, "SELECT create_synced_table('e', 's3://lake/x', "
@@ -526,3 +547,60 @@ def test_secrets_never_leak(db, roles, moto, cluster):
     # ... while the catalog does hold them, for the syncs.
     held = db.execute("SELECT secrets::text FROM lakesync.stored_credentials").fetchone()[0]
     assert S3_TOKEN in held
+
+
+# --- The background worker ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def wcluster():
+    c = Cluster(conf={"shared_preload_libraries": "'pg_lakesync'",
+                      "lakesync.poll_interval": "'200ms'"}).start()
+    if c.external:
+        pytest.skip("needs a cluster of its own with the library preloaded")
+    yield c
+    c.stop()
+
+
+def test_worker_follows_an_s3_table_continuously_as_its_owner(wcluster, moto):
+    gen = database_with_extension(wcluster, "os")
+    wdb = next(gen)
+    try:
+        wdb.execute("DROP ROLE IF EXISTS carol")
+        wdb.execute("CREATE ROLE carol LOGIN")
+        wdb.execute("GRANT lakesync_user TO carol")
+        wdb.execute("GRANT CREATE ON SCHEMA public TO carol")
+        with psycopg.connect(wcluster.dsn(dbname=wdb.dbname_, user="carol"),
+                             autocommit=True) as carol:
+            uri = "s3://lake/stream"
+            so = moto.storage_options()
+            write_deltalake(uri, batch([1, 2, 3]), storage_options=so, configuration=CDF)
+            s3_credential(carol, "stream", moto, extra={"scope": "s3://lake/stream"})
+            create(carol, "stream", uri, "continuous")
+            write_deltalake(uri, batch([4, 5]), mode="append", storage_options=so)
+            DeltaTable(uri, storage_options=so).delete("id = 1")
+            assert wait_for(lambda: carol.execute(
+                "SELECT synced_version FROM lakesync.synced_tables").fetchone() == (2,), timeout=20)
+            same(carol, "stream", DeltaTable(uri, storage_options=so))
+            # The scheduler watched the bucket's log with carol's credential: the status knows
+            # the latest version and that nothing is pending.
+            assert wait_for(lambda: carol.execute(
+                "SELECT latest_version, versions_behind, lag_seconds FROM lakesync.status"
+            ).fetchone() == (2, 0, 0), timeout=20), carol.execute(
+                "SELECT * FROM lakesync.status").fetchone()
+            runs = carol.execute("SELECT DISTINCT status, credential FROM lakesync.sync_runs "
+                                 "WHERE status <> 'running'").fetchall()
+            assert runs == [("succeeded", "stream")]
+            # A version that is there but not synced yet shows as pending while paused.
+            carol.execute("SELECT pause_sync('stream')")
+            write_deltalake(uri, batch([6]), mode="append", storage_options=so)
+            carol.execute("SELECT resume_sync('stream')")
+            assert wait_for(lambda: carol.execute("SELECT count(*) FROM stream").fetchone()
+                            == (5,), timeout=20)
+    finally:
+        wdb.execute("REVOKE CREATE ON SCHEMA public FROM carol")
+        try:
+            next(gen)
+        except StopIteration:
+            pass
+        with psycopg.connect(wcluster.dsn(), autocommit=True) as admin:
+            admin.execute("DROP ROLE IF EXISTS carol")

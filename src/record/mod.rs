@@ -166,7 +166,10 @@ pub fn insert_run(r: &RunRecord) -> Result<i64> {
             r.skipped.into(),
             r.change_source.clone().into(),
             (if r.succeeded { "succeeded" } else { "failed" }).into(),
-            r.message.as_deref().map(crate::error::for_server).into(),
+            r.message
+                .as_deref()
+                .map(|m| crate::error::for_server(&crate::error::redact(m)))
+                .into(),
             r.owner.clone().into(),
             r.credential.clone().into(),
         ]
@@ -235,7 +238,7 @@ pub fn mark_failed(
                  FOR UPDATE SKIP LOCKED)",
             &[
                 target.into(),
-                crate::error::for_server(message).into(),
+                crate::error::for_server(&crate::error::redact(message)).into(),
                 started.into(),
                 state.into(),
                 owner.into(),

@@ -1,10 +1,14 @@
 //! Where a Delta table lives, as the user wrote it, and who may read it.
 
 use crate::error::{LakeError, Result};
-use pgrx::pg_sys;
 use crate::source::store::{Provider, StoreAccess};
+use object_store::{ObjectStore, ObjectStoreExt};
+use pgrx::pg_sys;
 use std::sync::Arc;
 use url::Url;
+
+/// How long the scheduler waits for one look at an object store's log.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct SourceLocation {
@@ -101,6 +105,10 @@ impl SourceLocation {
     /// such commit: one file check, no listing — what the background worker asks of a table at
     /// every poll. Err when it cannot tell (not a local path, an I/O error).
     pub fn commit_time(&self, version: i64) -> std::result::Result<Option<i64>, ()> {
+        if self.access.is_some() {
+            let meta = self.head(&format!("_delta_log/{version:020}.json"))?;
+            return Ok(meta.map(|m| m.last_modified.timestamp_micros()));
+        }
         let dir = self.url.to_file_path()?;
         match std::fs::metadata(dir.join("_delta_log").join(format!("{version:020}.json"))) {
             Ok(m) => Ok(Some(
@@ -122,8 +130,18 @@ impl SourceLocation {
     /// The version of the log's last checkpoint, as `_delta_log/_last_checkpoint` says (None:
     /// none, or cannot tell): where the log goes on when older commit files are cleaned up.
     pub fn checkpoint_version(&self) -> Option<i64> {
-        let dir = self.url.to_file_path().ok()?;
-        let text = std::fs::read_to_string(dir.join("_delta_log").join("_last_checkpoint")).ok()?;
+        let text = if self.access.is_some() {
+            let bytes = self
+                .remote(
+                    |store, path| async move { store.get(&path).await?.bytes().await },
+                    "_delta_log/_last_checkpoint",
+                )
+                .ok()?;
+            String::from_utf8(bytes.to_vec()).ok()?
+        } else {
+            let dir = self.url.to_file_path().ok()?;
+            std::fs::read_to_string(dir.join("_delta_log").join("_last_checkpoint")).ok()?
+        };
         serde_json::from_str::<serde_json::Value>(&text)
             .ok()?
             .get("version")?
@@ -153,6 +171,68 @@ impl SourceLocation {
             }
         }
         Some(lo)
+    }
+
+    /// An object's metadata under the table's root on its object store (None: no such object).
+    fn head(&self, name: &str) -> std::result::Result<Option<object_store::ObjectMeta>, ()> {
+        match self.remote(|store, path| async move { store.head(&path).await }, name) {
+            Ok(m) => Ok(Some(m)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(_) => Err(()),
+        }
+    }
+
+    /// Runs one request for object `name` under the table's root, on the I/O runtime, giving up
+    /// after [`PROBE_TIMEOUT`] (the scheduler waits for it between polls).
+    fn remote<T, F, Fut>(&self, f: F, name: &str) -> object_store::Result<T>
+    where
+        F: FnOnce(Arc<dyn ObjectStore>, object_store::path::Path) -> Fut,
+        Fut: std::future::Future<Output = object_store::Result<T>>,
+    {
+        let store = self
+            .probe_store()
+            .ok_or_else(|| object_store::Error::Generic {
+                store: "lakesync",
+                source: "no store".into(),
+            })?;
+        let path = object_store::path::Path::from_url_path(format!("{}{name}", self.url.path()))?;
+        let rt = crate::source::runtime();
+        rt.block_on(async {
+            match tokio::time::timeout(PROBE_TIMEOUT, f(store, path)).await {
+                Ok(r) => r,
+                Err(_) => Err(object_store::Error::Generic {
+                    store: "lakesync",
+                    source: "timed out".into(),
+                }),
+            }
+        })
+    }
+
+    /// The store to look at the log with, built once per bucket and credential options (the
+    /// scheduler looks at every poll; building one makes an HTTP client).
+    fn probe_store(&self) -> Option<Arc<dyn ObjectStore>> {
+        type Cache = Vec<(String, Vec<(String, String)>, Arc<dyn ObjectStore>)>;
+        static CACHE: std::sync::Mutex<Cache> = std::sync::Mutex::new(Vec::new());
+        let access = self.access.as_ref()?;
+        let bucket = format!(
+            "{}://{}@{}",
+            self.url.scheme(),
+            self.url.username(),
+            self.url.host_str().unwrap_or_default()
+        );
+        let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, _, store)) = cache
+            .iter()
+            .find(|(b, o, _)| *b == bucket && *o == access.options)
+        {
+            return Some(store.clone());
+        }
+        let store = access.build(&self.url, &self.display()).ok()?;
+        if cache.len() >= 256 {
+            cache.clear();
+        }
+        cache.push((bucket, access.options.clone(), store.clone()));
+        Some(store)
     }
 
     /// Fails fast, with a precise message, when a local table is not there.

@@ -114,10 +114,12 @@ pub fn open(location: &SourceLocation, version: Option<i64>) -> Result<DeltaSour
                 log_store.root_url().clone(),
             )
         }
-        None => return Err(LakeError::Internal(format!(
-            "no credential was resolved for \"{}\"",
-            location.display()
-        ))),
+        None => {
+            return Err(LakeError::Internal(format!(
+                "no credential was resolved for \"{}\"",
+                location.display()
+            )))
+        }
     };
     let mut builder = Snapshot::builder_for(root.as_str());
     if let Some(v) = version {

@@ -159,11 +159,8 @@ pub fn alter(target: &str, mode: Option<&str>, options: Option<serde_json::Value
         let cdf = mode.incremental() && opts.change_detection == ChangeDetection::Cdf;
         if cdf || SourceLocation::parse(&spec.source)?.provider().is_some() {
             // The credential it would use must exist (and the change feed, for cdf).
-            let location = crate::credentials::locate(
-                &spec.source,
-                &spec.owner,
-                opts.credential.as_deref(),
-            )?;
+            let location =
+                crate::credentials::locate(&spec.source, &spec.owner, opts.credential.as_deref())?;
             if cdf {
                 let source = open_source(&location, opts.version)?;
                 require_change_feed(mode, &opts, &location, &source)?;

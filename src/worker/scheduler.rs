@@ -26,7 +26,8 @@ const WATCHED: &str = "\
     SELECT pg_catalog.to_regclass(s.target)::pg_catalog.oid, s.mode, s.source, s.synced_version, \
            s.state = 'failed', pg_catalog.date_part('epoch', s.last_sync_finished), \
            (s.mode = 'continuous' AND s.state IN ('new', 'synced')) \
-            OR COALESCE(lakesync.next_sync(s, $1::pg_catalog.interval) <= pg_catalog.now(), false) \
+            OR COALESCE(lakesync.next_sync(s, $1::pg_catalog.interval) <= pg_catalog.now(), false), \
+           s.owner::pg_catalog.text, s.options OPERATOR(pg_catalog.->>) 'credential' \
       FROM lakesync.synced_tables s \
      WHERE pg_catalog.to_regclass(s.target) IS NOT NULL AND NOT s.paused \
      ORDER BY s.last_sync_finished NULLS FIRST";
@@ -42,6 +43,9 @@ struct Due {
     relid: pg_sys::Oid,
     continuous: bool,
     source: String,
+    /// How to look at an object-store source's log (its owner's credential), read with the
+    /// due list; None for server paths, or when it cannot be had (the sync then finds out).
+    access: Option<std::sync::Arc<crate::source::store::StoreAccess>>,
     synced_version: Option<i64>,
     retry: bool,
     /// May have to be synced now (see WATCHED).
@@ -283,10 +287,14 @@ fn read_due(sweep: bool) -> Poll {
         let rows = c.select(WATCHED, None, &[max_retry.as_str().into()])?;
         let mut out = Vec::new();
         for r in rows {
+            let source = r.get::<String>(3)?.unwrap_or_default();
+            let owner = r.get::<String>(8)?.unwrap_or_default();
+            let credential = r.get::<String>(9)?;
             out.push(Due {
                 relid: r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
                 continuous: r.get::<String>(2)?.as_deref() == Some("continuous"),
-                source: r.get::<String>(3)?.unwrap_or_default(),
+                access: crate::credentials::watch_access(&source, &owner, credential.as_deref()),
+                source,
                 synced_version: r.get::<i64>(4)?,
                 retry: r.get::<bool>(5)?.unwrap_or(false),
                 finished: r.get::<f64>(6)?,
@@ -337,7 +345,39 @@ fn watch(specs: Vec<Due>, watched: &mut HashMap<pg_sys::Oid, Instant>) -> Vec<Du
 /// the synced one (None: cannot tell). A `slow` look also reads the last checkpoint's version,
 /// for a table so far behind that the commits after the synced one have been cleaned up.
 fn observe(d: &Due, slow: bool) -> Option<bool> {
-    let location = SourceLocation::parse(&d.source).ok()?;
+    let mut location = SourceLocation::parse(&d.source).ok()?;
+    if location.provider().is_some() {
+        // A store that did not answer is left alone for a while: the scheduler waits for each
+        // look, and one slow store must not hold up every other table's polls.
+        let now = Instant::now();
+        if PROBE_FAILED.with_borrow(|f| f.get(&d.relid).is_some_and(|until| *until > now)) {
+            return None;
+        }
+        location.access = Some(d.access.clone()?);
+        let seen = observe_at(d, slow, &location);
+        PROBE_FAILED.with_borrow_mut(|f| match seen {
+            None => {
+                f.insert(d.relid, now + PROBE_BACKOFF);
+            }
+            Some(_) => {
+                f.remove(&d.relid);
+            }
+        });
+        return seen;
+    }
+    observe_at(d, slow, &location)
+}
+
+thread_local! {
+    /// Object-store tables whose last look failed, and until when they are not looked at.
+    static PROBE_FAILED: std::cell::RefCell<HashMap<pg_sys::Oid, Instant>> =
+        std::cell::RefCell::new(HashMap::new());
+}
+
+/// How long a table whose store did not answer is not looked at (its syncs still run).
+const PROBE_BACKOFF: Duration = Duration::from_secs(30);
+
+fn observe_at(d: &Due, slow: bool, location: &SourceLocation) -> Option<bool> {
     let synced = d.synced_version.unwrap_or(-1);
     // What the board saw last, if it is still there (a table replaced at the same path may
     // have fewer versions).

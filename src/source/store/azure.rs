@@ -23,6 +23,8 @@ pub fn classify(key: &str) -> Option<(String, Class)> {
         | K::FabricTokenServiceUrl
         | K::FabricWorkloadHost
         | K::FabricClusterIdentifier => Class::Ambient,
+        // A proxy URL can carry a password.
+        K::Client(c) if c.as_ref() == "proxy_url" => Class::Secret,
         // The container is the source URL's.
         K::ContainerName => return None,
         _ => Class::Plain,

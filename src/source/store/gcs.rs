@@ -13,6 +13,8 @@ pub fn classify(key: &str) -> Option<(String, Class)> {
         K::ServiceAccountKey => Class::Secret,
         // Paths of credential files on the server.
         K::ServiceAccount | K::ApplicationCredentials => Class::Ambient,
+        // A proxy URL can carry a password.
+        K::Client(c) if c.as_ref() == "proxy_url" => Class::Secret,
         // The bucket is the source URL's.
         K::Bucket => return None,
         _ => Class::Plain,

@@ -123,6 +123,8 @@ impl std::fmt::Debug for StoreAccess {
 /// a sync (and its locks) that long when a store is down; its request timeouts (30 s, connect
 /// 5 s) are kept. Options `max_retries`, `retry_timeout`, `timeout` and `connect_timeout` change them.
 const DEFAULT_MAX_RETRIES: usize = 3;
+const MAX_MAX_RETRIES: usize = 20;
+const MAX_RETRY_TIMEOUT: Duration = Duration::from_secs(600);
 const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl StoreAccess {
@@ -150,6 +152,23 @@ impl StoreAccess {
                 ))
             })?,
         };
+        // Bounded: a sync holds its table's sync lock while it waits.
+        for key in ["timeout", "connect_timeout"] {
+            if let Some(d) = self.get(key).and_then(parse_duration) {
+                if d > MAX_RETRY_TIMEOUT {
+                    return Err(LakeError::invalid(format!(
+                        "option \"{key}\" may be at most {} s",
+                        MAX_RETRY_TIMEOUT.as_secs()
+                    )));
+                }
+            }
+        }
+        if max_retries > MAX_MAX_RETRIES || retry_timeout > MAX_RETRY_TIMEOUT {
+            return Err(LakeError::invalid(format!(
+                "options \"{MAX_RETRIES}\" and \"{RETRY_TIMEOUT}\" may be at most {MAX_MAX_RETRIES} and {} s",
+                MAX_RETRY_TIMEOUT.as_secs()
+            )));
+        }
         Ok(RetryConfig {
             max_retries,
             retry_timeout,
@@ -201,7 +220,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "h" | "hours" => n * 3600.0,
         _ => return None,
     };
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).ok()
 }
 
 /// Whether option `key` is set to true (object_store reads "true"/"false" and a few more).
