@@ -173,7 +173,7 @@ def one_copy_then_key(cluster, binfile, like, name):
     return n, m
 
 
-def one_diy(cluster, path, like, name):
+def one_diy(cluster, path, like, name, storage_options=None):
     """The do-it-yourself path a user would script: Python deltalake → pyarrow batches →
     psycopg binary COPY, into an identical table, in one transaction."""
     with psycopg.connect(cluster.dsn()) as c:
@@ -185,7 +185,8 @@ def one_diy(cluster, path, like, name):
         with measured(c, name) as m:
             with c.cursor().copy(f"COPY {name} FROM STDIN (FORMAT binary)") as cp:
                 cp.set_types(oids)
-                for batch in DeltaTable(path).to_pyarrow_dataset().to_batches():
+                dt = DeltaTable(path, storage_options=storage_options)
+                for batch in dt.to_pyarrow_dataset().to_batches():
                     for row in zip(*(col.to_pylist() for col in batch.columns)):
                         cp.write_row(row)
             c.commit()

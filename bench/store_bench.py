@@ -44,21 +44,7 @@ def one_store_sync(cluster, uri, name, moto):
 def one_store_diy(cluster, uri, like, name, moto):
     """Python deltalake reading the bucket → pyarrow batches → psycopg binary COPY."""
     before = moto.requests()
-    with psycopg.connect(cluster.dsn()) as c:
-        c.execute(f"CREATE TABLE {name} (LIKE {like} INCLUDING ALL)")
-        oids = [r[0] for r in c.execute(
-            "SELECT atttypid::int FROM pg_attribute WHERE attrelid = %s::regclass "
-            "AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (name,))]
-        c.commit()
-        with sb.measured(c, name) as m:
-            with c.cursor().copy(f"COPY {name} FROM STDIN (FORMAT binary)") as cp:
-                cp.set_types(oids)
-                dt = DeltaTable(uri, storage_options=moto.storage_options())
-                for batch in dt.to_pyarrow_dataset().to_batches():
-                    for row in zip(*(col.to_pylist() for col in batch.columns)):
-                        cp.write_row(row)
-            c.commit()
-        n = c.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
+    n, m = sb.one_diy(cluster, uri, like, name, storage_options=moto.storage_options())
     time.sleep(0.2)
     m["requests"] = moto.requests() - before
     return n, m

@@ -343,7 +343,13 @@ fn load(owner: &str, name: &str, lock: bool) -> Result<Option<Stored>> {
         if lock { " FOR UPDATE" } else { "" }
     );
     let row = Spi::connect_mut(|c| {
-        let rows = c.update(&sql, Some(1), &[owner.into(), name.into()])?;
+        let args = [owner.into(), name.into()];
+        // Read-only unless locking: the scheduler reads with it at every poll.
+        let rows = if lock {
+            c.update(&sql, Some(1), &args)?
+        } else {
+            c.select(&sql, Some(1), &args)?
+        };
         let mut out = None;
         for r in rows {
             out = Some((
@@ -458,20 +464,7 @@ pub fn locate(source: &str, owner: &str, named: Option<&str>) -> Result<SourceLo
     };
     let chosen = match named {
         Some(name) => Some(name.to_string()),
-        None => as_catalog_owner(|| {
-            first::<String>(
-                "SELECT name FROM lakesync.stored_credentials \
-                  WHERE owner OPERATOR(pg_catalog.=) $1 AND provider OPERATOR(pg_catalog.=) $2 \
-                    AND scope IS NOT NULL \
-                    AND pg_catalog.starts_with($3, scope) \
-                  ORDER BY pg_catalog.length(scope) DESC, name LIMIT 1",
-                &[
-                    owner.into(),
-                    provider.as_str().into(),
-                    location.url.as_str().into(),
-                ],
-            )
-        })?,
+        None => as_catalog_owner(|| scoped(owner, provider, &location))?,
     };
     let Some(name) = chosen else {
         return Err(LakeError::invalid_with_hint(
@@ -511,6 +504,22 @@ pub fn locate(source: &str, owner: &str, named: Option<&str>) -> Result<SourceLo
     Ok(location)
 }
 
+/// The name of `owner`'s credential whose scope covers `location` most specifically.
+fn scoped(owner: &str, provider: Provider, location: &SourceLocation) -> Result<Option<String>> {
+    catalog::read_one::<String>(
+        "SELECT (SELECT name FROM lakesync.stored_credentials \
+          WHERE owner OPERATOR(pg_catalog.=) $1 AND provider OPERATOR(pg_catalog.=) $2 \
+            AND scope IS NOT NULL AND pg_catalog.starts_with($3, scope) \
+          ORDER BY pg_catalog.length(scope) DESC, name LIMIT 1)",
+        &[
+            owner.into(),
+            provider.as_str().into(),
+            location.url.as_str().into(),
+        ],
+    )
+    .map_err(spi_err)
+}
+
 /// The access the scheduler looks at an object-store source's log with: the credential the
 /// owner's sync would use, read with read-only queries (the scheduler is a superuser, and its
 /// polls write nothing). None for server paths and when there is no usable credential.
@@ -519,62 +528,21 @@ pub fn watch_access(source: &str, owner: &str, named: Option<&str>) -> Option<Ar
     let provider = location.provider()?;
     let name = match named {
         Some(n) => n.to_string(),
-        None => catalog::read_one::<String>(
-            "SELECT (SELECT name FROM lakesync.stored_credentials \
-              WHERE owner OPERATOR(pg_catalog.=) $1 AND provider OPERATOR(pg_catalog.=) $2 \
-                AND scope IS NOT NULL AND pg_catalog.starts_with($3, scope) \
-              ORDER BY pg_catalog.length(scope) DESC, name LIMIT 1)",
-            &[
-                owner.into(),
-                provider.as_str().into(),
-                location.url.as_str().into(),
-            ],
-        )
-        .ok()??,
+        None => scoped(owner, provider, &location).ok()??,
     };
-    let stored = Spi::connect(|c| {
-        let rows = c.select(
-            "SELECT provider, options, secrets, use_environment FROM lakesync.stored_credentials \
-              WHERE owner OPERATOR(pg_catalog.=) $1 AND name OPERATOR(pg_catalog.=) $2",
-            Some(1),
-            &[owner.into(), name.as_str().into()],
-        )?;
-        let mut out = None;
-        for r in rows {
-            out = Some((
-                r.get::<String>(1)?.unwrap_or_default(),
-                r.get::<JsonB>(2)?.map(|j| j.0),
-                r.get::<JsonB>(3)?.map(|j| j.0),
-                r.get::<bool>(4)?.unwrap_or(false),
-            ));
-        }
-        Ok::<_, pgrx::spi::Error>(out)
-    })
-    .ok()??;
-    let (stored_provider, plain, secrets, use_environment) = stored;
-    let obj = |v: Option<Value>| match v {
-        Some(Value::Object(m)) => m,
-        _ => Map::new(),
-    };
-    let parsed = Parsed {
-        plain: obj(plain),
-        secrets: obj(secrets),
-        scope: None,
-        use_environment,
-    };
-    let allowed = if use_environment {
+    let stored = load(owner, &name, false).ok()??;
+    let allowed = if stored.parsed.use_environment {
         check_may_use_server_identity(owner)
     } else {
-        refuse_ambient(provider, &parsed)
+        refuse_ambient(provider, &stored.parsed)
     };
-    if Provider::parse(&stored_provider).ok()? != provider || allowed.is_err() {
+    if stored.provider != provider || allowed.is_err() {
         return None;
     }
-    parsed.secrets.values().for_each(register_secret);
     Some(Arc::new(StoreAccess {
         provider,
         credential: Some(name),
-        options: parsed.all(),
-        use_environment,
+        options: stored.parsed.all(),
+        use_environment: stored.parsed.use_environment,
     }))
 }

@@ -433,8 +433,10 @@ fn without_response_bodies(s: &str) -> String {
             let i = rest.find(open)? + open.len();
             let j = rest[i..].find(['<', '"'])?;
             let c = &rest[i..i + j];
-            (!c.is_empty() && c.len() <= 64 && c.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '.'))
-                .then_some(c)
+            (!c.is_empty()
+                && c.len() <= 64
+                && c.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '.'))
+            .then_some(c)
         });
     let mut out = format!("{}{}", &s[..at + STATUS.len()], &rest[..end]);
     if let Some(c) = code {

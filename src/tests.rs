@@ -139,4 +139,102 @@ mod tests {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
         }
     }
+    #[pg_test]
+    fn secrets_urls_and_response_bodies_are_masked() {
+        use crate::error::{redact, register_secrets};
+        register_secrets(["s3cr3t-value-xyz", "short"]);
+        assert_eq!(redact("key s3cr3t-value-xyz in text"), "key *** in text");
+        // Too short to mask without masking ordinary words.
+        assert_eq!(redact("a short word"), "a short word");
+        assert_eq!(
+            redact("GET https://acct.blob.core.windows.net/c/p?sv=2022&sig=abc failed"),
+            "GET https://acct.blob.core.windows.net/c/p?*** failed"
+        );
+        assert_eq!(
+            redact("Server returned non-2xx status code: 403 Forbidden: <?xml version=\"1.0\"?><Error><Code>AuthorizationFailure</Code><Message>secret stuff</Message></Error>"),
+            "Server returned non-2xx status code: 403 Forbidden (AuthorizationFailure)"
+        );
+    }
+
+    #[pg_test]
+    fn credential_options_are_sorted_into_plain_secret_and_ambient() {
+        use crate::source::store::{classify, Class, Provider};
+        let c = |p, k| classify(p, k).ok();
+        assert_eq!(
+            c(Provider::S3, "secret_access_key"),
+            Some(("aws_secret_access_key".into(), Class::Secret))
+        );
+        assert_eq!(
+            c(Provider::S3, "access_key_id"),
+            Some(("aws_access_key_id".into(), Class::Plain))
+        );
+        assert_eq!(
+            c(Provider::S3, "metadata_endpoint"),
+            Some(("aws_metadata_endpoint".into(), Class::Ambient))
+        );
+        assert_eq!(
+            c(Provider::S3, "proxy_url"),
+            Some(("proxy_url".into(), Class::Secret))
+        );
+        assert_eq!(
+            c(Provider::S3, "timeout"),
+            Some(("timeout".into(), Class::Plain))
+        );
+        assert_eq!(c(Provider::S3, "bucket"), None);
+        assert_eq!(
+            c(Provider::Azure, "sas_token"),
+            Some(("azure_storage_sas_key".into(), Class::Secret))
+        );
+        assert_eq!(
+            c(Provider::Azure, "use_azure_cli"),
+            Some(("azure_use_azure_cli".into(), Class::Ambient))
+        );
+        assert_eq!(c(Provider::Azure, "container_name"), None);
+        assert_eq!(
+            c(Provider::Gcs, "service_account_key"),
+            Some(("google_service_account_key".into(), Class::Secret))
+        );
+        assert_eq!(
+            c(Provider::Gcs, "service_account"),
+            Some(("google_service_account".into(), Class::Ambient))
+        );
+        assert_eq!(c(Provider::Gcs, "nonsense"), None);
+    }
+
+    #[pg_test]
+    fn object_store_sources_parse_as_directories() {
+        use crate::source::location::SourceLocation;
+        use crate::source::store::Provider;
+        let p = |s| SourceLocation::parse(s).map(|l| (l.url.to_string(), l.provider()));
+        assert_eq!(
+            p("s3://b/a/t").ok(),
+            Some(("s3://b/a/t/".into(), Some(Provider::S3)))
+        );
+        assert_eq!(
+            p("gs://b").ok(),
+            Some(("gs://b/".into(), Some(Provider::Gcs)))
+        );
+        assert_eq!(
+            p("abfss://c@acct.dfs.core.windows.net/t").ok(),
+            Some((
+                "abfss://c@acct.dfs.core.windows.net/t/".into(),
+                Some(Provider::Azure)
+            ))
+        );
+        assert!(p("s3://b/t?X-Amz-Signature=1").is_err());
+        assert!(p("s3:///t").is_err());
+        assert!(p("http://example.com/t").is_err());
+    }
+
+    #[pg_test]
+    fn durations_of_store_options() {
+        use crate::source::store::parse_duration;
+        use std::time::Duration;
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_duration("99999999999999999999h"), None);
+        assert_eq!(parse_duration("soon"), None);
+    }
 }

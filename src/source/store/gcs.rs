@@ -34,14 +34,12 @@ pub fn build(
     use_environment: bool,
     retry: RetryConfig,
 ) -> object_store::Result<Arc<dyn ObjectStore>> {
-    let mut b = if use_environment {
-        GoogleCloudStorageBuilder::from_env()
-    } else {
-        GoogleCloudStorageBuilder::new()
-    };
-    b = b.with_url(url.as_str()).with_retry(retry);
-    for (k, v) in options {
-        b = b.with_config(K::from_str(k)?, v);
-    }
-    Ok(Arc::new(b.build()?))
+    build_store!(
+        GoogleCloudStorageBuilder,
+        K,
+        url,
+        options,
+        use_environment,
+        retry
+    )
 }

@@ -8,6 +8,24 @@
 //! Keys object_store does not know are refused, so a typo never silently falls back to the
 //! server's identity.
 
+/// A provider's store from its builder: the server's environment first only with
+/// `use_environment`, then the source URL (bucket, container, account), the retries, and the
+/// credential's options (canonical names, so parsing them again cannot fail).
+macro_rules! build_store {
+    ($builder:ty, $key:ty, $url:expr, $options:expr, $use_environment:expr, $retry:expr) => {{
+        let mut b = if $use_environment {
+            <$builder>::from_env()
+        } else {
+            <$builder>::new()
+        };
+        b = b.with_url($url.as_str()).with_retry($retry);
+        for (k, v) in $options {
+            b = b.with_config(<$key as std::str::FromStr>::from_str(k)?, v);
+        }
+        Ok(std::sync::Arc::new(b.build()?) as std::sync::Arc<dyn object_store::ObjectStore>)
+    }};
+}
+
 pub mod azure;
 pub mod gcs;
 pub mod ordered;
