@@ -154,7 +154,7 @@ BEGIN
     FOR r IN SELECT c.oid::pg_catalog.regclass AS rel FROM lakesync.synced_tables s
                JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(s.target)
               -- the spec's own table, not one that took its name since
-              WHERE (s.target_relid IS NULL OR s.target_relid OPERATOR(pg_catalog.=) c.oid)
+              WHERE s.target_relid OPERATOR(pg_catalog.=) c.oid
                 AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t
                                  WHERE t.tgrelid OPERATOR(pg_catalog.=) c.oid
                                    AND t.tgname OPERATOR(pg_catalog.=) 'lakesync_read_only')

@@ -152,33 +152,38 @@ fn parse(provider: Provider, options: &Value, base: Parsed) -> Result<Parsed> {
 fn register_secret(value: &Value) {
     match value {
         Value::String(s) => {
-            // As given, as JSON writes it (a key file's private key has escaped newlines), and
-            // each value of a SAS token's query pairs, as object_store decodes them.
+            // As given, and as JSON writes it (a key file's private key has escaped newlines).
             let escaped = serde_json::to_string(s).unwrap_or_default();
-            let escaped = escaped.trim_matches('"');
-            let mut forms = vec![s.clone(), escaped.to_string()];
-            for pair in s.trim_start_matches('?').split('&') {
-                if let Some((_, v)) = pair.split_once('=') {
-                    forms.push(v.to_string());
-                    if let Ok(d) = url::form_urlencoded::parse(pair.as_bytes())
-                        .next()
-                        .map(|(_, d)| d.into_owned())
-                        .ok_or(())
-                    {
-                        forms.push(d);
-                    }
+            let mut forms = vec![s.clone(), escaped.trim_matches('"').to_string()];
+            // A SAS token's signature, as object_store decodes it (its other fields — dates,
+            // permissions — are not secret, and masking them would mangle ordinary messages).
+            for (k, v) in url::form_urlencoded::parse(s.trim_start_matches('?').as_bytes()) {
+                if k == "sig" {
+                    forms.push(v.into_owned());
                 }
             }
             crate::error::register_secrets(forms.iter().map(String::as_str));
+            // A key file given as JSON text: its fields too (the private key).
+            if let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(s) {
+                register_secret(&v);
+            }
         }
-        Value::Object(_) | Value::Array(_) => {
+        Value::Object(m) => {
+            // A key file: the whole text object_store is given, and its secret fields (not its
+            // project, e-mail or URLs, which would mask ordinary words).
             crate::error::register_secrets([value.to_string().as_str()]);
-            let leaves: Vec<&Value> = match value {
-                Value::Object(m) => m.values().collect(),
-                Value::Array(a) => a.iter().collect(),
-                _ => unreachable!(),
-            };
-            leaves.into_iter().for_each(register_secret);
+            for (k, v) in m {
+                if [
+                    "private_key",
+                    "private_key_id",
+                    "client_secret",
+                    "refresh_token",
+                ]
+                .contains(&k.as_str())
+                {
+                    register_secret(v);
+                }
+            }
         }
         _ => {}
     }

@@ -429,6 +429,12 @@ def test_attacker_cannot_reach_the_server(db, roles, fixtures_dir):
     e = error_of(mallory, "SELECT create_credential('x', 's3', "
                           "'{\"skip_signature\": true, \"bucket\": \"other\"}')")
     assert e.sqlstate == "22023"
+    # Waits are bounded, in a form we can check.
+    for opts in ({"timeout": "1week"}, {"timeout": "11m"}, {"max_retries": 1000},
+                 {"retry_timeout": "1h"}):
+        opts = dict(opts, skip_signature=True)
+        e = error_of(mallory, "SELECT create_credential('x', 's3', %s)", (json.dumps(opts),))
+        assert e.sqlstate == "22023", (opts, str(e))
     # The catalog is not writable directly.
     for sql in ("INSERT INTO lakesync.stored_credentials (owner, name, provider) "
                 "VALUES ('alice', 'x', 's3')",

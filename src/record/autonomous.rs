@@ -48,7 +48,8 @@ pub fn record_failure(run: &RunRecord, state: Option<&str>) -> bool {
         started_pg_micros: timestamp_to_pg_micros(run.started),
         from_version: run.from_version,
         change_source: run.change_source.clone(),
-        message: run.message.clone().unwrap_or_default(),
+        // Masked here: the recorder never used the credential, so it knows no secret to mask.
+        message: crate::error::redact(run.message.as_deref().unwrap_or_default()),
         state: state.map(str::to_string),
         credential: run.credential.clone(),
     };

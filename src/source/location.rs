@@ -7,8 +7,23 @@ use pgrx::pg_sys;
 use std::sync::Arc;
 use url::Url;
 
-/// How long the scheduler waits for one look at an object store's log.
+/// How long the scheduler waits for one request to an object store's log.
 const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// `_last_checkpoint` is a small JSON document; a larger object is not read.
+const MAX_LAST_CHECKPOINT: u64 = 1 << 20;
+
+thread_local! {
+    static PROBE_DEADLINE: std::cell::Cell<Option<std::time::Instant>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` (one look at a table's log) with its object-store requests sharing one deadline.
+pub fn probe_deadline<T>(budget: std::time::Duration, f: impl FnOnce() -> T) -> T {
+    let outer = PROBE_DEADLINE.replace(Some(std::time::Instant::now() + budget));
+    let out = f();
+    PROBE_DEADLINE.set(outer);
+    out
+}
 
 #[derive(Debug, Clone)]
 pub struct SourceLocation {
@@ -131,9 +146,19 @@ impl SourceLocation {
     /// none, or cannot tell): where the log goes on when older commit files are cleaned up.
     pub fn checkpoint_version(&self) -> Option<i64> {
         let text = if self.access.is_some() {
+            // A few hundred bytes; anything larger is not a checkpoint pointer.
             let bytes = self
                 .remote(
-                    |store, path| async move { store.get(&path).await?.bytes().await },
+                    |store, path| async move {
+                        let meta = store.head(&path).await?;
+                        if meta.size > MAX_LAST_CHECKPOINT {
+                            return Err(object_store::Error::Generic {
+                                store: "lakesync",
+                                source: "_last_checkpoint too large".into(),
+                            });
+                        }
+                        store.get_range(&path, 0..meta.size).await
+                    },
                     "_delta_log/_last_checkpoint",
                 )
                 .ok()?;
@@ -153,8 +178,15 @@ impl SourceLocation {
     /// that is n versions ahead costs about 2·log2(n) checks and one that is not, one.
     pub fn latest_commit(&self, known: i64) -> Option<i64> {
         let (mut lo, mut step) = (known, 1i64);
+        // A store that says every version exists (a hostile endpoint) is given up on after
+        // 2^40 versions, not followed into overflow.
+        let mut steps = 0;
         let mut hi = loop {
-            let v = lo + step;
+            steps += 1;
+            let v = lo.checked_add(step)?;
+            if steps > 40 {
+                return None;
+            }
             if self.has_commit(v)? {
                 lo = v;
                 step = step.saturating_mul(2);
@@ -196,9 +228,16 @@ impl SourceLocation {
                 source: "no store".into(),
             })?;
         let path = object_store::path::Path::from_url_path(format!("{}{name}", self.url.path()))?;
+        // Each request waits at most PROBE_TIMEOUT, and all of one look together no longer
+        // than the look's deadline (see `probe_deadline`).
+        let now = std::time::Instant::now();
+        let left = PROBE_DEADLINE
+            .get()
+            .map_or(PROBE_TIMEOUT, |d| d.saturating_duration_since(now));
+        let wait = left.min(PROBE_TIMEOUT);
         let rt = crate::source::runtime();
         rt.block_on(async {
-            match tokio::time::timeout(PROBE_TIMEOUT, f(store, path)).await {
+            match tokio::time::timeout(wait, f(store, path)).await {
                 Ok(r) => r,
                 Err(_) => Err(object_store::Error::Generic {
                     store: "lakesync",
@@ -215,10 +254,11 @@ impl SourceLocation {
         static CACHE: std::sync::Mutex<Cache> = std::sync::Mutex::new(Vec::new());
         let access = self.access.as_ref()?;
         let bucket = format!(
-            "{}://{}@{}",
+            "{}://{}@{} {}",
             self.url.scheme(),
             self.url.username(),
-            self.url.host_str().unwrap_or_default()
+            self.url.host_str().unwrap_or_default(),
+            access.use_environment
         );
         let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, _, store)) = cache

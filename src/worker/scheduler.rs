@@ -354,7 +354,9 @@ fn observe(d: &Due, slow: bool) -> Option<bool> {
             return None;
         }
         location.access = Some(d.access.clone()?);
-        let seen = observe_at(d, slow, &location);
+        let seen = crate::source::location::probe_deadline(PROBE_BUDGET, || {
+            observe_at(d, slow, &location)
+        });
         PROBE_FAILED.with_borrow_mut(|f| match seen {
             None => {
                 f.insert(d.relid, now + PROBE_BACKOFF);
@@ -373,6 +375,9 @@ thread_local! {
     static PROBE_FAILED: std::cell::RefCell<HashMap<pg_sys::Oid, Instant>> =
         std::cell::RefCell::new(HashMap::new());
 }
+
+/// How long one look at an object-store table's log may take in all.
+const PROBE_BUDGET: Duration = Duration::from_secs(3);
 
 /// How long a table whose store did not answer is not looked at (its syncs still run).
 const PROBE_BACKOFF: Duration = Duration::from_secs(30);

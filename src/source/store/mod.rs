@@ -172,7 +172,12 @@ impl StoreAccess {
         };
         // Bounded: a sync holds its table's sync lock while it waits.
         for key in ["timeout", "connect_timeout"] {
-            if let Some(d) = self.get(key).and_then(parse_duration) {
+            if let Some(v) = self.get(key) {
+                let d = parse_duration(v).ok_or_else(|| {
+                    LakeError::invalid(format!(
+                        "option \"{key}\" must be a duration such as \"30s\" or \"500ms\", not \"{v}\""
+                    ))
+                })?;
                 if d > MAX_RETRY_TIMEOUT {
                     return Err(LakeError::invalid(format!(
                         "option \"{key}\" may be at most {} s",
