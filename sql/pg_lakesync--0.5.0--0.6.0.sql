@@ -36,7 +36,7 @@ COMMENT ON VIEW lakesync.credentials IS
     'Your credentials (a superuser: all) without their secrets: secrets_set names the secret options given';
 GRANT SELECT ON lakesync.credentials TO PUBLIC;
 
--- Credentials are not dumped (no secrets in dumps; a non-superuser's pg_dump still works).
+-- Credentials are not dumped: a dump never holds secrets.
 
 -- The credential functions (as pgrx declares them).
 CREATE FUNCTION @extschema@."create_credential"(

@@ -148,5 +148,5 @@ CREATE EVENT TRIGGER lakesync_forget_dropped_tables ON sql_drop
 SELECT pg_catalog.pg_extension_config_dump('lakesync.synced_tables', '');
 SELECT pg_catalog.pg_extension_config_dump('lakesync.sync_runs', '');
 SELECT pg_catalog.pg_extension_config_dump('lakesync.sync_runs_run_id_seq', '');
--- Credentials are not dumped: a dump never holds secrets (and a non-superuser's pg_dump, which
--- cannot read them, still works). Specs name their credentials; create them again after a restore.
+-- Credentials are not dumped: a dump never holds secrets. Specs name their credentials (or
+-- scopes find them); create them again after a restore.

@@ -249,10 +249,12 @@ pub fn classify(location: &SourceLocation, e: delta_kernel::Error) -> LakeError 
 /// An object store's refusal or silence, told apart by what its error says (it reaches us
 /// through the kernel, the Parquet reader or object_store, each wrapping it differently).
 pub fn store_failure(location: &SourceLocation, text: &str) -> Option<LakeError> {
+    // Status codes only as object_store writes them: a bare "403" could be a version number.
     const DENIED: &[&str] = &[
-        "403",
-        "401",
-        "Forbidden",
+        "status code: 403",
+        "status code: 401",
+        "lacked the necessary privileges",
+        "lacked valid authentication credentials",
         "AccessDenied",
         "InvalidAccessKeyId",
         "SignatureDoesNotMatch",
@@ -261,7 +263,6 @@ pub fn store_failure(location: &SourceLocation, text: &str) -> Option<LakeError>
         "AuthorizationFailure",
         "PermissionDenied",
         "Unauthenticated",
-        "Permission denied",
     ];
     const MISSING: &[&str] = &[
         "NoSuchBucket",
