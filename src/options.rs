@@ -13,7 +13,20 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "schedule",
     "credential",
     "read_only",
+    "full_refresh_above",
 ];
+
+/// When an incremental sync (or a SNAPSHOT re-sync that could apply only the changed files)
+/// reads the whole table instead.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Crossover {
+    /// Where it is measured to be cheaper (see sync::decide).
+    Measured,
+    /// Never by itself.
+    Never,
+    /// When the change files hold more than this share of the table's bytes.
+    Above(f64),
+}
 
 /// What an incremental sync does when the versions it needs cannot be replayed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +73,7 @@ pub struct SyncOptions {
     pub credential: Option<String>,
     /// Whether applications are kept from writing the target (only syncs may).
     pub read_only: bool,
+    pub full_refresh_above: Crossover,
 }
 
 impl Default for SyncOptions {
@@ -74,6 +88,7 @@ impl Default for SyncOptions {
             schedule: None,
             credential: None,
             read_only: true,
+            full_refresh_above: Crossover::Measured,
         }
     }
 }
@@ -190,6 +205,22 @@ impl SyncOptions {
                             "option \"read_only\" must be true or false, not {v}"
                         ))
                     })?;
+                }
+                "full_refresh_above" => {
+                    opts.full_refresh_above = match v {
+                        Value::Bool(false) => Crossover::Never,
+                        Value::Number(n) if n.as_f64().is_some_and(|x| x > 0.0 && x.is_finite()) => {
+                            Crossover::Above(n.as_f64().unwrap())
+                        }
+                        _ => {
+                            return Err(LakeError::invalid_with_hint(
+                                format!(
+                                    "option \"full_refresh_above\" must be a positive number or false, not {v}"
+                                ),
+                                "It is the share of the table's bytes in change files above which a sync reads the whole table instead: 0.2 is 20 %; false never switches.",
+                            ))
+                        }
+                    };
                 }
                 other => {
                     return Err(LakeError::invalid_with_hint(

@@ -167,6 +167,38 @@ pub fn copy_from_stream(
     columns: &[String],
     stream: ScanStream,
 ) -> Result<(u64, EncodeStats)> {
+    let table = relation_name(relid);
+    copy_into_fresh(&table, columns, stream, || (relid, false)).map(|(_, n, stats)| (n, stats))
+}
+
+/// Whether a COPY run now may write frozen rows, as `COPY … (FREEZE)` demands (copyfrom.c): no
+/// snapshot of this transaction older than the COPY's own, no open cursor. Checked before a sync
+/// commits to a path that needs frozen rows; COPY checks it again.
+pub fn freeze_allowed() -> bool {
+    unsafe {
+        pg_sys::InvalidateCatalogSnapshot();
+        pg_sys::ThereAreNoPriorRegisteredSnapshots()
+            && pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| ThereAreNoReadyPortals())
+    }
+}
+
+unsafe extern "C-unwind" {
+    // utils/portal.h, which pgrx does not bind.
+    fn ThereAreNoReadyPortals() -> bool;
+}
+
+/// COPYs the rows of `stream` into a relation that `fresh` makes (or gives a new file) in the
+/// COPY's own subtransaction, so that COPY may write them frozen and all-visible, as `COPY …
+/// (FREEZE)` does into a table new in its subtransaction: no anti-wraparound VACUUM rewrites
+/// those pages later. `fresh` says whether to freeze (see `freeze_allowed`). `table` names
+/// the target in messages. Returns the relation, the rows stored and the encoder's counts.
+pub fn copy_into_fresh(
+    table: &str,
+    columns: &[String],
+    stream: ScanStream,
+    fresh: impl FnOnce() -> (pg_sys::Oid, bool),
+) -> Result<(pg_sys::Oid, u64, EncodeStats)> {
+    let table = table.to_string();
     FEED.with(|f| {
         f.borrow_mut().push(Feed {
             stream,
@@ -177,15 +209,15 @@ pub fn copy_from_stream(
         });
     });
     let _guard = FeedGuard;
-    // Named before the COPY: after a caught ERROR, nothing may touch the catalogs.
-    let table = relation_name(relid);
     // In a subtransaction, so that a caught ERROR is rolled back before anything else runs.
+    // (The table is named before: after a caught ERROR, nothing may touch the catalogs.)
     let copied = crate::session::with_utf8_client_encoding(|| {
         Ok(crate::subxact::run(true, || {
-            Ok(unsafe { begin_and_copy(relid, columns) })
+            let (relid, freeze) = fresh();
+            Ok((relid, unsafe { begin_and_copy(relid, columns, freeze) }))
         }))
     })?;
-    let processed = match copied {
+    let (relid, processed) = match copied {
         Ok(n) => n?,
         // Ours, raised by the feed (a value the encoder refused): as it was.
         Err(e) if ours(&e).is_some() => return Err(ours(&e).unwrap()),
@@ -202,7 +234,7 @@ pub fn copy_from_stream(
     let stats = FEED
         .with(|f| f.borrow_mut().last_mut().and_then(|feed| feed.stats.take()))
         .ok_or_else(|| LakeError::Internal("COPY finished before the scan did".into()))?;
-    Ok((processed, stats))
+    Ok((relid, processed, stats))
 }
 
 fn ours(e: &pgrx::pg_sys::panic::CaughtError) -> Option<LakeError> {
@@ -221,7 +253,7 @@ fn relation_name(relid: pg_sys::Oid) -> String {
 }
 
 /// One `COPY … FROM` of the current feed, with COPY's own checks.
-unsafe fn begin_and_copy(relid: pg_sys::Oid, columns: &[String]) -> u64 {
+unsafe fn begin_and_copy(relid: pg_sys::Oid, columns: &[String], freeze: bool) -> u64 {
     {
         let rel = PgRelation::with_lock(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
         let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
@@ -241,7 +273,15 @@ unsafe fn begin_and_copy(relid: pg_sys::Oid, columns: &[String]) -> u64 {
             pg_sys::makeString(pg_sys::pstrdup(c"binary".as_ptr())) as *mut pg_sys::Node,
             -1,
         );
-        let options = pg_sys::lappend(std::ptr::null_mut(), format as *mut std::ffi::c_void);
+        let mut options = pg_sys::lappend(std::ptr::null_mut(), format as *mut std::ffi::c_void);
+        if freeze {
+            let freeze = pg_sys::makeDefElem(
+                pg_sys::pstrdup(c"freeze".as_ptr()),
+                pg_sys::makeString(pg_sys::pstrdup(c"true".as_ptr())) as *mut pg_sys::Node,
+                -1,
+            );
+            options = pg_sys::lappend(options, freeze as *mut std::ffi::c_void);
+        }
         let mut attnames: *mut pg_sys::List = std::ptr::null_mut();
         for c in columns {
             let name = pg_sys::makeString(pgrx::pg_sys::pstrdup(

@@ -5,3 +5,4 @@ pub mod copy;
 pub mod ddl;
 pub mod guard;
 pub mod snapshot;
+pub mod swap;

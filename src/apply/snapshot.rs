@@ -28,22 +28,48 @@ pub fn clear(target: &TargetName) -> Result<u64> {
     spi_count(&format!("DELETE FROM {}", target.qualified()))
 }
 
+/// How a load meets the rows already in the target.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Into {
+    /// A table new in this transaction, empty: COPY writes frozen rows where it may.
+    New,
+    /// Add to the rows there (none, or already deleted).
+    Append,
+    /// Delete the rows there first (readers see them until commit).
+    Replace,
+}
+
 pub fn load(
     target: &TargetName,
     relid: pg_sys::Oid,
     plan: &ColumnsPlan,
     stream: ScanStream,
-    replace_existing: bool,
+    into: Into,
 ) -> Result<LoadResult> {
     let mut result = LoadResult::default();
-    if replace_existing {
+    if into == Into::Replace {
         result.deleted = clear(target)?;
     }
     let names: Vec<String> = plan.columns.iter().map(|c| c.name.clone()).collect();
     match plan.timeseries {
         None => {
-            let (n, stats) =
-                catching_duplicates(target, plan, || copy_from_stream(relid, &names, stream))?;
+            let (n, stats) = catching_duplicates(target, plan, || {
+                if into != Into::New {
+                    return copy_from_stream(relid, &names, stream);
+                }
+                // A new file in COPY's own subtransaction lets it freeze (an empty table:
+                // nothing to copy over).
+                let fresh = || unsafe {
+                    if !super::copy::freeze_allowed() {
+                        return (relid, false);
+                    }
+                    let rel = pgrx::PgRelation::open(relid);
+                    pg_sys::RelationSetNewRelfilenode(rel.as_ptr(), (*(*rel.as_ptr()).rd_rel).relpersistence);
+                    (relid, true)
+                };
+                super::copy::copy_into_fresh(&target.qualified(), &names, stream, fresh)
+                    .map(|(_, n, stats)| (n, stats))
+            })?;
             result.inserted = n;
             result.skipped_null_key = stats.skipped_null_key;
         }

@@ -30,6 +30,10 @@ pub struct FileDiff {
     pub new: HashSet<String>,
     /// The synced version, read for the keys of gone files.
     pub old: SnapshotRef,
+    /// The bytes of the gone and new files (what the sync reads), and of every file of the
+    /// source's version (what a full refresh reads).
+    pub bytes: u64,
+    pub table_bytes: u64,
 }
 
 impl FileDiff {
@@ -52,17 +56,27 @@ pub fn diff(source: &DeltaSource, synced: i64) -> Result<Option<FileDiff>> {
         .map_err(gap)?;
     let before = file_states(source, &old).map_err(gap)?;
     let after = file_states(source, &source.snapshot).map_err(gap)?;
-    let gone = before
-        .iter()
-        .filter(|(p, dv)| after.get(*p) != Some(dv))
-        .map(|(p, _)| p.clone())
-        .collect();
-    let new = after
-        .iter()
-        .filter(|(p, dv)| before.get(*p) != Some(dv))
-        .map(|(p, _)| p.clone())
-        .collect();
-    Ok(Some(FileDiff { gone, new, old }))
+    let (mut gone, mut new, mut bytes) = (HashSet::new(), HashSet::new(), 0u64);
+    for (p, (dv, size)) in &before {
+        if after.get(p).map(|a| &a.0) != Some(dv) {
+            gone.insert(p.clone());
+            bytes += size;
+        }
+    }
+    for (p, (dv, size)) in &after {
+        if before.get(p).map(|b| &b.0) != Some(dv) {
+            new.insert(p.clone());
+            bytes += size;
+        }
+    }
+    let table_bytes = after.values().map(|(_, size)| size).sum();
+    Ok(Some(FileDiff {
+        gone,
+        new,
+        old,
+        bytes,
+        table_bytes,
+    }))
 }
 
 /// Whether the commits `from..=to` add and remove files only with dataChange = false.
@@ -85,13 +99,13 @@ fn only_rearranged(source: &DeltaSource, from: i64, to: i64) -> Result<bool> {
     Ok(true)
 }
 
-/// Every file of `snapshot` with its deletion vector.
+/// Every file of `snapshot` with its deletion vector and size.
 fn file_states(
     source: &DeltaSource,
     snapshot: &SnapshotRef,
-) -> DeltaResult<HashMap<String, DvInfo>> {
-    fn collect(out: &mut HashMap<String, DvInfo>, f: ScanFile) {
-        out.insert(f.path, f.dv_info);
+) -> DeltaResult<HashMap<String, (DvInfo, u64)>> {
+    fn collect(out: &mut HashMap<String, (DvInfo, u64)>, f: ScanFile) {
+        out.insert(f.path, (f.dv_info, f.size.max(0) as u64));
     }
     let scan = snapshot.clone().scan_builder().build()?;
     let mut out = HashMap::new();

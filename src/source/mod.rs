@@ -3,6 +3,7 @@
 //! Everything here runs off the backend's thread (see `offload`): it never calls Postgres.
 
 pub mod changes;
+pub mod estimate;
 pub mod files;
 pub mod location;
 pub mod scan;
@@ -99,7 +100,9 @@ pub fn open(location: &SourceLocation, version: Option<i64>) -> Result<DeltaSour
     let _guard = runtime().enter();
     let (engine, root) = match &location.access {
         Some(access) => (
-            engine(access.build(&location.url, &location.display())?),
+            engine(Arc::new(store::mapped::Mapped::remote(
+                access.build(&location.url, &location.display())?,
+            ))),
             location.url.clone(),
         ),
         None if location.is_local_file() => {
@@ -110,7 +113,9 @@ pub fn open(location: &SourceLocation, version: Option<i64>) -> Result<DeltaSour
                     detail: e.to_string(),
                 })?;
             (
-                engine(log_store.root_object_store(None)),
+                engine(Arc::new(store::mapped::Mapped::local(
+                    log_store.root_object_store(None),
+                ))),
                 log_store.root_url().clone(),
             )
         }

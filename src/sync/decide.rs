@@ -5,6 +5,7 @@
 use crate::catalog::State;
 use crate::error::LakeError;
 use crate::options::{Mode, OnGap};
+use crate::source::estimate::Sizes;
 
 /// Everything a decision depends on.
 #[derive(Debug, Clone)]
@@ -27,6 +28,9 @@ pub struct Facts<'a> {
     pub lossy: Vec<String>,
     /// `full_refresh` was called.
     pub full_refresh: bool,
+    /// A SNAPSHOT re-sync may apply only the files that changed: the target has a primary key,
+    /// no timeseries_key, and is read-only (so it still holds exactly the synced version).
+    pub diffable: bool,
 }
 
 #[derive(Debug)]
@@ -38,6 +42,9 @@ pub enum Decision {
     Snapshot { why: Option<String> },
     /// Apply the changes of versions `synced + 1 ..= version`.
     Incremental { synced: i64 },
+    /// A SNAPSHOT re-sync from `synced`: the files changed since then if they are few (see
+    /// `full_refresh_cheaper`), else a full read.
+    SnapshotOrDiff { synced: i64 },
     /// Refuse, with this error.
     Fail(LakeError),
 }
@@ -67,6 +74,15 @@ pub fn decide(f: &Facts) -> Decision {
     }
     let synced = match (f.mode, f.synced_version) {
         (mode, Some(v)) if mode.incremental() => v,
+        (Mode::Snapshot, Some(v))
+            if f.diffable
+                && f.state == State::Synced
+                && !replaced
+                && !f.schema_changed
+                && v < f.version =>
+        {
+            return Decision::SnapshotOrDiff { synced: v }
+        }
         // Snapshot mode, or a first sync that never completed: read it all.
         _ => {
             return Decision::Snapshot {
@@ -78,6 +94,47 @@ pub fn decide(f: &Facts) -> Decision {
         return or_full_refresh(f, gap);
     }
     Decision::Incremental { synced }
+}
+
+/// Above this share of the table's bytes in change files, applying the changes costs more than a
+/// full refresh that swaps in a new table, or (in place) one that deletes and reinserts every
+/// row: measured in BENCHMARKS.md (W2 and W7), with a margin toward applying changes.
+pub const CROSSOVER_SWAP: f64 = 0.15;
+pub const CROSSOVER_IN_PLACE: f64 = 0.35;
+
+/// Below this many bytes of data files, the measured crossover is not applied: both ways take
+/// milliseconds, and each mode does what it says (TRIGGERED applies changes, SNAPSHOT reads all).
+pub const MIN_TABLE_BYTES: u64 = 16 << 20;
+
+/// Which of applying changes and reading the whole table is cheaper.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Cheaper {
+    Changes,
+    /// Reading the whole table, and why.
+    Full(String),
+    /// Not known, or too small a table to matter.
+    Either,
+}
+
+/// Compares the change files' share of the table's bytes with `threshold`, the share above which
+/// a full read is cheaper; `explicit` when the user set it (then also for small tables).
+pub fn cheaper(sizes: Option<Sizes>, threshold: f64, explicit: bool) -> Cheaper {
+    let Some(sizes) = sizes.filter(|s| s.table > 0) else {
+        return Cheaper::Either;
+    };
+    if !explicit && sizes.table < MIN_TABLE_BYTES {
+        return Cheaper::Either;
+    }
+    let share = sizes.changes as f64 / sizes.table as f64;
+    if share > threshold {
+        Cheaper::Full(format!(
+            "the changes are {:.0} % of the table's bytes, above the {:.0} % where a full refresh is cheaper",
+            share * 100.0,
+            threshold * 100.0
+        ))
+    } else {
+        Cheaper::Changes
+    }
 }
 
 /// A reason the versions after `synced` cannot be replayed, known before reading them.
@@ -133,6 +190,7 @@ mod tests {
             schema_changed: false,
             lossy: Vec::new(),
             full_refresh: false,
+            diffable: false,
         }
     }
 
@@ -148,6 +206,39 @@ mod tests {
             Decision::Fail(e @ LakeError::Gap { .. }) => e.to_string(),
             other => panic!("expected a gap, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn crossover_by_share_of_bytes() {
+        let sizes = |changes, table| Some(Sizes { changes, table });
+        let mib = 1 << 20;
+        assert_eq!(cheaper(sizes(10 * mib, 100 * mib), 0.15, false), Cheaper::Changes);
+        assert_eq!(
+            cheaper(sizes(20 * mib, 100 * mib), 0.15, false),
+            Cheaper::Full("the changes are 20 % of the table's bytes, above the 15 % where a full refresh is cheaper".into())
+        );
+        // A small table: only an explicit threshold decides.
+        assert_eq!(cheaper(sizes(50, 100), 0.15, false), Cheaper::Either);
+        assert!(matches!(cheaper(sizes(50, 100), 0.15, true), Cheaper::Full(_)));
+        assert_eq!(cheaper(sizes(5, 0), 0.15, true), Cheaper::Either);
+        assert_eq!(cheaper(None, 0.15, true), Cheaper::Either);
+    }
+
+    #[test]
+    fn snapshot_resync_of_a_diffable_table_may_diff() {
+        let mut f = synced(Mode::Snapshot);
+        f.version = 5;
+        assert!(matches!(decide(&f), Decision::Snapshot { why: None }));
+        f.diffable = true;
+        assert!(matches!(decide(&f), Decision::SnapshotOrDiff { synced: 3 }));
+        f.schema_changed = true;
+        assert!(matches!(decide(&f), Decision::Snapshot { .. }));
+        f.schema_changed = false;
+        f.state = State::NeedsFullRefresh;
+        assert!(matches!(decide(&f), Decision::Snapshot { .. }));
+        f.state = State::Synced;
+        f.full_refresh = true;
+        assert!(matches!(decide(&f), Decision::Snapshot { .. }));
     }
 
     #[test]

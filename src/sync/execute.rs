@@ -2,7 +2,7 @@
 //! steps — and record the success (run row and spec state) with the data, so both commit
 //! together or not at all.
 
-use super::decide::Decision;
+use super::decide::{Cheaper, Decision};
 use super::report::{ChangeSource, Counts, SyncReport};
 use super::steps::{self, Step};
 use crate::apply;
@@ -97,7 +97,7 @@ pub fn execute(
 ) -> Result<SyncReport> {
     if matches!(
         decision,
-        Decision::Snapshot { .. } | Decision::Incremental { .. }
+        Decision::Snapshot { .. } | Decision::Incremental { .. } | Decision::SnapshotOrDiff { .. }
     ) {
         apply::copy::refuse_row_security(run.relid);
     }
@@ -131,16 +131,54 @@ pub fn execute(
                 why: why.as_deref(),
             },
         ),
-        Decision::Incremental { synced } => {
-            let built = steps::build(
-                &source,
-                plan,
-                synced,
-                run.opts.change_detection,
-                run.opts.null_bytes,
+        Decision::SnapshotOrDiff { synced } => {
+            // Only the files that changed, when they are few; else a full read.
+            let detection = crate::options::ChangeDetection::Files;
+            let diff = matches!(
+                cheaper(run, &source, plan, synced, detection)?,
+                Cheaper::Changes
             );
+            if !diff {
+                return load_snapshot(
+                    run,
+                    source,
+                    plan,
+                    Load::Replace {
+                        from_version: synced_version,
+                        why: None,
+                    },
+                );
+            }
+            match steps::build(&source, plan, synced, detection, run.opts.null_bytes) {
+                Ok(steps) => apply_changes(run, source, plan, synced, detection, steps),
+                // Whatever keeps the diff from being read, a full read gets past it.
+                Err(_) => load_snapshot(
+                    run,
+                    source,
+                    plan,
+                    Load::Replace {
+                        from_version: synced_version,
+                        why: None,
+                    },
+                ),
+            }
+        }
+        Decision::Incremental { synced } => {
+            let detection = run.opts.change_detection;
+            if let Cheaper::Full(why) = cheaper(run, &source, plan, synced, detection)? {
+                return load_snapshot(
+                    run,
+                    source,
+                    plan,
+                    Load::Replace {
+                        from_version: Some(synced),
+                        why: Some(&why),
+                    },
+                );
+            }
+            let built = steps::build(&source, plan, synced, detection, run.opts.null_bytes);
             match built {
-                Ok(steps) => apply_changes(run, source, plan, synced, steps),
+                Ok(steps) => apply_changes(run, source, plan, synced, detection, steps),
                 Err(gap) if gap.needs_full_refresh() && run.opts.on_gap == OnGap::FullRefresh => {
                     let why = gap.to_string();
                     load_snapshot(
@@ -166,9 +204,10 @@ fn apply_changes(
     source: DeltaSource,
     plan: &ColumnsPlan,
     synced: i64,
+    detection: crate::options::ChangeDetection,
     steps: Vec<Step>,
 ) -> Result<SyncReport> {
-    let change_source = match run.opts.change_detection {
+    let change_source = match detection {
         crate::options::ChangeDetection::Cdf => ChangeSource::Cdf,
         crate::options::ChangeDetection::Files => ChangeSource::Files,
     };
@@ -187,6 +226,8 @@ fn apply_changes(
     let _on_board = record::board::sync_started(run.relid, source.version());
     let _writing = apply::guard::writing(run.relid);
     run.evolve()?;
+    // A SNAPSHOT table applying changed files falls back to the full read it would have made.
+    let may_reload = run.opts.on_gap == OnGap::FullRefresh || run.mode == Mode::Snapshot;
     let mut total = Counts::default();
     for step in steps {
         let (plan_of_step, parts) = (step.plan, step.parts);
@@ -194,13 +235,11 @@ fn apply_changes(
             apply::changes::apply(run.target, &plan_of_step, parts)
         });
         let applied = match applied {
-            Ok(Err(e)) if run.opts.on_gap == OnGap::FullRefresh && e.needs_full_refresh() => {
+            Ok(Err(e)) if may_reload && e.needs_full_refresh() => {
                 return reload(&e.to_string());
             }
             Ok(r) => r?,
-            Err(caught)
-                if run.opts.on_gap == OnGap::FullRefresh
-                    && crate::subxact::needs_full_refresh(&caught) =>
+            Err(caught) if may_reload && crate::subxact::needs_full_refresh(&caught) =>
             {
                 return reload(&crate::subxact::message(&caught));
             }
@@ -221,6 +260,38 @@ fn apply_changes(
     record_success(run, &source, Some(synced), change_source, total, None)
 }
 
+/// Whether applying the changes after `synced` or reading the whole table is cheaper: the change
+/// files' share of the table's bytes (from the log, before any data is read) against the
+/// crossover of the full refresh this table would get (swap or in place), or the option's.
+fn cheaper(
+    run: &Run,
+    source: &DeltaSource,
+    plan: &ColumnsPlan,
+    synced: i64,
+    detection: crate::options::ChangeDetection,
+) -> Result<Cheaper> {
+    use super::decide::{CROSSOVER_IN_PLACE, CROSSOVER_SWAP};
+    use crate::options::Crossover;
+    let (threshold, explicit) = match run.opts.full_refresh_above {
+        // Never switch: incremental syncs apply changes, SNAPSHOT re-syncs read everything.
+        Crossover::Never if run.mode == Mode::Snapshot => {
+            return Ok(Cheaper::Full("option full_refresh_above is false".into()))
+        }
+        Crossover::Never => return Ok(Cheaper::Changes),
+        Crossover::Above(x) => (x, true),
+        Crossover::Measured => {
+            let swaps =
+                run.schema.is_empty() && apply::swap::why_in_place(run.relid, plan)?.is_none();
+            (if swaps { CROSSOVER_SWAP } else { CROSSOVER_IN_PLACE }, false)
+        }
+    };
+    let src = source.clone();
+    let sizes = crate::offload::run(move || {
+        Ok(crate::source::estimate::sizes(&src, synced, detection))
+    })?;
+    Ok(super::decide::cheaper(sizes, threshold, explicit))
+}
+
 /// Replaces the target's contents with the source's rows (the first sync, SNAPSHOT mode, and
 /// every full refresh).
 pub fn load_snapshot(
@@ -234,6 +305,13 @@ pub fn load_snapshot(
         Load::Replace { from_version, why } => (from_version, why, true),
     };
     let _writing = apply::guard::writing(run.relid);
+    // A replace builds a new table and swaps it in where that skips nothing a row-by-row
+    // replace would do (see apply::swap); else it replaces the rows in place.
+    let in_place = match (replace_existing, run.schema.is_empty()) {
+        (false, _) => None,
+        (true, false) => Some("the columns change".to_string()),
+        (true, true) => apply::swap::why_in_place(run.relid, plan)?,
+    };
     // A type change or a dropped column is applied after the old rows are gone.
     let cleared = if replace_existing && run.schema.iter().any(|c| !c.keeps_data()) {
         Some(apply::snapshot::clear(run.target)?)
@@ -249,13 +327,22 @@ pub fn load_snapshot(
         plan.key.clone(),
         run.opts.null_bytes,
     );
-    let loaded = apply::snapshot::load(
-        run.target,
-        run.relid,
-        plan,
-        stream,
-        replace_existing && cleared.is_none(),
-    )?;
+    let into = match (replace_existing, cleared.is_some()) {
+        (false, _) => apply::snapshot::Into::New,
+        (true, true) => apply::snapshot::Into::Append,
+        (true, false) => apply::snapshot::Into::Replace,
+    };
+    let loaded = if replace_existing && in_place.is_none() {
+        apply::swap::load(run.target, run.relid, plan, stream)?
+    } else {
+        apply::snapshot::load(run.target, run.relid, plan, stream, into)?
+    };
+    if let Some(reason) = &in_place {
+        pgrx::debug1!(
+            "pg_lakesync: {} replaced in place, not swapped: {reason}",
+            run.target.qualified()
+        );
+    }
     if !replace_existing {
         // A new target: its key's index is built once the rows are in (see create_target).
         apply::ddl::add_primary_key(run.target, plan)?;

@@ -357,6 +357,7 @@ fn sync_job(
             .map(|c| c.describe())
             .collect(),
         full_refresh: full,
+        diffable: !plan.key.is_empty() && plan.timeseries.is_none() && job.opts.read_only,
     });
     let run = Run::new(
         &job.name,

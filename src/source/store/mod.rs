@@ -28,6 +28,7 @@ macro_rules! build_store {
 
 pub mod azure;
 pub mod gcs;
+pub mod mapped;
 pub mod ordered;
 pub mod s3;
 

@@ -1,0 +1,394 @@
+//! A full replace by swapping files: the new rows are COPYed, frozen, into a new heap shaped
+//! like the target (dropped columns too) and its indexes are built there, while readers go on
+//! reading the old rows; then, under an ACCESS EXCLUSIVE lock held only from the swap to the
+//! commit, the target takes over the new heap, TOAST table and index files. The target keeps its
+//! OID, so views, grants, policies, user indexes and comments stay; the old files go at commit.
+//! No dead tuples are left, and no DELETE or index insert per row is paid. This is the swap
+//! CLUSTER makes (cluster.c `swap_relation_files`, TOAST swapped by links), on a heap we fill.
+//!
+//! Where a swap would skip something a row-by-row replace does — a trigger, a foreign key, a
+//! CHECK, a publication's change stream, a default of the user's own column — `why_in_place`
+//! says so and the sync replaces the rows in place instead.
+
+use super::copy;
+use super::snapshot::{catching_duplicates, LoadResult};
+use crate::error::{LakeError, Result};
+use crate::plan::target::TargetName;
+use crate::plan::ColumnsPlan;
+use crate::source::scan::ScanStream;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::time::{Duration, Instant};
+
+unsafe extern "C-unwind" {
+    // commands/cluster.h, which pgrx does not bind: the new heap CLUSTER and REFRESH
+    // MATERIALIZED VIEW fill, named pg_temp_<oid> in the old heap's schema.
+    fn make_new_heap(
+        old_heap: pg_sys::Oid,
+        tablespace: pg_sys::Oid,
+        access_method: pg_sys::Oid,
+        persistence: std::ffi::c_char,
+        lockmode: pg_sys::LOCKMODE,
+    ) -> pg_sys::Oid;
+}
+
+/// How long the swap tries for its lock without queueing (so readers never wait behind it)
+/// before it queues like any other lock request.
+const POLITE_WAIT: Duration = Duration::from_secs(5);
+
+/// Why the target's rows must be replaced in place rather than swapped, if they must.
+pub fn why_in_place(relid: pg_sys::Oid, plan: &ColumnsPlan) -> Result<Option<String>> {
+    if plan.timeseries.is_some() {
+        return Ok(Some("timeseries_key dedupes through a staging table".into()));
+    }
+    if !copy::freeze_allowed() {
+        return Ok(Some(
+            "this transaction holds older snapshots or open cursors, so the rows cannot be written frozen"
+                .into(),
+        ));
+    }
+    let in_use = unsafe {
+        let rel = pgrx::PgRelation::open(relid);
+        (*rel.as_ptr()).rd_refcnt > 1 || pg_sys::AfterTriggerPendingOnRel(relid)
+    };
+    if in_use {
+        return Ok(Some("the table is in use by this session".into()));
+    }
+    let columns: Vec<String> = plan.columns.iter().map(|c| c.name.clone()).collect();
+    // The first that holds, in this order.
+    let reason = Spi::get_one_with_args::<String>(
+        "SELECT CASE \
+           WHEN c.relkind OPERATOR(pg_catalog.<>) 'r' OR c.relpersistence OPERATOR(pg_catalog.=) 't' \
+             THEN 'it is not a plain table' \
+           WHEN c.relam OPERATOR(pg_catalog.<>) (SELECT oid FROM pg_catalog.pg_am WHERE amname OPERATOR(pg_catalog.=) 'heap') \
+             THEN 'it is not a heap table' \
+           WHEN c.relispartition OR c.relhassubclass \
+             OR EXISTS (SELECT 1 FROM pg_catalog.pg_inherits WHERE inhrelid OPERATOR(pg_catalog.=) c.oid) \
+             THEN 'it is part of an inheritance tree' \
+           WHEN NOT pg_catalog.pg_has_role(c.relowner, 'USAGE') \
+             THEN 'the syncing role does not own it' \
+           WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid OPERATOR(pg_catalog.=) c.oid \
+                          AND t.tgname OPERATOR(pg_catalog.<>) 'lakesync_read_only') \
+             THEN 'it has triggers or foreign keys' \
+           WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.conrelid OPERATOR(pg_catalog.=) c.oid \
+                          AND k.contype OPERATOR(pg_catalog.=) ANY ('{c,f,x}'::pg_catalog.\"char\"[])) \
+             OR EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.confrelid OPERATOR(pg_catalog.=) c.oid) \
+             THEN 'it has CHECK, exclusion or foreign key constraints' \
+           WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables p \
+                          WHERE p.schemaname OPERATOR(pg_catalog.=) n.nspname AND p.tablename OPERATOR(pg_catalog.=) c.relname) \
+             THEN 'it is published for logical replication' \
+           WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid OPERATOR(pg_catalog.=) i.indexrelid \
+                          WHERE i.indrelid OPERATOR(pg_catalog.=) c.oid \
+                            AND (ic.reltablespace OPERATOR(pg_catalog.<>) 0 OR NOT i.indisvalid OR NOT i.indisready)) \
+             THEN 'an index of it is in another tablespace or not valid' \
+           WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid \
+                          AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped \
+                          AND (a.atthasdef OR a.attidentity OPERATOR(pg_catalog.<>) '' OR a.attgenerated OPERATOR(pg_catalog.<>) '') \
+                          AND NOT a.attname OPERATOR(pg_catalog.=) ANY ($2::pg_catalog.name[])) \
+             THEN 'a column of its own has a default, identity or generation expression' \
+           ELSE '' END \
+         FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+         WHERE c.oid OPERATOR(pg_catalog.=) $1",
+        &[relid.into(), columns.into()],
+    )
+    .map_err(|e| LakeError::Internal(format!("cannot inspect the target table: {e}")))?
+    .unwrap_or_default();
+    Ok((!reason.is_empty()).then_some(reason))
+}
+
+/// Replaces every row of the target with the rows of `stream` by building a new heap and
+/// swapping it in (see the module's comment). The caller checked `why_in_place`.
+pub fn load(
+    target: &TargetName,
+    relid: pg_sys::Oid,
+    plan: &ColumnsPlan,
+    stream: ScanStream,
+) -> Result<LoadResult> {
+    // Applications' writes wait (they would be lost in the swap); reads go on.
+    unsafe { pg_sys::LockRelationOid(relid, pg_sys::ExclusiveLock as pg_sys::LOCKMODE) };
+    let names: Vec<String> = plan.columns.iter().map(|c| c.name.clone()).collect();
+    let (shadow, inserted, stats) =
+        copy::copy_into_fresh(&target.qualified(), &names, stream, || unsafe {
+            (new_heap(relid), true)
+        })?;
+    let pairs = catching_duplicates(target, plan, || build_indexes(relid, shadow))?;
+    // Counted while the old rows are still the target's (no writer can change them now).
+    let deleted = Spi::get_one::<i64>(&format!("SELECT count(*) FROM {}", target.qualified()))
+        .map_err(|e| LakeError::Internal(format!("cannot count the old rows: {e}")))?
+        .unwrap_or(0) as u64;
+    lock_politely(relid);
+    crate::debug::pause_point("swap");
+    unsafe {
+        swap_files(relid, shadow);
+        for &(index, shadow_index) in &pairs {
+            swap_files(index, shadow_index);
+        }
+        // The shadow now holds the old files (and, by the swapped links, the old TOAST table):
+        // dropping it removes them at commit.
+        let old_toast = toast_of(shadow);
+        let object = pg_sys::ObjectAddress {
+            classId: pg_sys::RelationRelationId,
+            objectId: shadow,
+            objectSubId: 0,
+        };
+        pg_sys::performDeletion(
+            &object,
+            pg_sys::DropBehavior::DROP_RESTRICT,
+            pg_sys::PERFORM_DELETION_INTERNAL as i32,
+        );
+        pg_sys::CommandCounterIncrement();
+        // The new TOAST table takes the conventional name pg_toast_<table oid>, freed above.
+        let new_toast = toast_of(relid);
+        if new_toast != pg_sys::InvalidOid && old_toast != pg_sys::InvalidOid {
+            rename_toast(relid, new_toast);
+        }
+    }
+    Ok(LoadResult {
+        inserted,
+        deleted,
+        skipped_null_key: stats.skipped_null_key,
+        superseded: 0,
+    })
+}
+
+/// A new, empty heap like the target's (same columns, dropped ones too, same tablespace,
+/// persistence and TOAST), created in the current subtransaction so COPY may freeze into it.
+unsafe fn new_heap(relid: pg_sys::Oid) -> pg_sys::Oid {
+    let rel = pgrx::PgRelation::open(relid);
+    let form = (*rel.as_ptr()).rd_rel;
+    let (tablespace, am, persistence) =
+        ((*form).reltablespace, (*form).relam, (*form).relpersistence);
+    drop(rel);
+    pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
+        make_new_heap(
+            relid,
+            tablespace,
+            am,
+            persistence,
+            pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
+        )
+    })
+}
+
+/// Builds a copy of every index of `relid` on `shadow`; returns (index, its copy) pairs.
+fn build_indexes(relid: pg_sys::Oid, shadow: pg_sys::Oid) -> Result<Vec<(pg_sys::Oid, pg_sys::Oid)>> {
+    // pg_get_indexdef names the table schema-qualified, each part as quote_ident quotes it.
+    let defs: Vec<(pg_sys::Oid, String, String, String)> = Spi::connect(|c| {
+        let rows = c.select(
+            "SELECT i.indexrelid, pg_catalog.pg_get_indexdef(i.indexrelid), \
+                    pg_catalog.quote_ident(ic.relname), \
+                    pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' \
+                      OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c.relname) \
+             FROM pg_catalog.pg_index i \
+             JOIN pg_catalog.pg_class ic ON ic.oid OPERATOR(pg_catalog.=) i.indexrelid \
+             JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) i.indrelid \
+             JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+             WHERE i.indrelid OPERATOR(pg_catalog.=) $1 ORDER BY i.indexrelid",
+            None,
+            &[relid.into()],
+        )?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push((
+                r.get::<pg_sys::Oid>(1)?.unwrap_or_default(),
+                r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<String>(3)?.unwrap_or_default(),
+                r.get::<String>(4)?.unwrap_or_default(),
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .map_err(|e| LakeError::Internal(format!("cannot read the target's indexes: {e}")))?;
+    let shadow_name = Spi::get_one_with_args::<String>(
+        "SELECT pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' \
+                OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c.relname) \
+         FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+         WHERE c.oid OPERATOR(pg_catalog.=) $1",
+        &[shadow.into()],
+    )
+    .map_err(|e| LakeError::Internal(format!("cannot name the new heap: {e}")))?
+    .unwrap_or_default();
+    let mut pairs = Vec::new();
+    for (index, def, index_name, table) in defs {
+        let copy_name = format!("pg_temp_{}", u32::from(index));
+        let sql = shadow_index_sql(&def, &index_name, &table, &copy_name, &shadow_name)
+            .ok_or_else(|| LakeError::Internal(format!("cannot copy index definition: {def}")))?;
+        Spi::run(&sql).map_err(|e| LakeError::Internal(format!("{sql}: {e}")))?;
+        let copy = Spi::get_one_with_args::<pg_sys::Oid>(
+            "SELECT i.indexrelid FROM pg_catalog.pg_index i \
+             JOIN pg_catalog.pg_class ic ON ic.oid OPERATOR(pg_catalog.=) i.indexrelid \
+             WHERE i.indrelid OPERATOR(pg_catalog.=) $1 AND ic.relname OPERATOR(pg_catalog.=) $2",
+            &[shadow.into(), copy_name.as_str().into()],
+        )
+        .map_err(|e| LakeError::Internal(format!("cannot find the copied index: {e}")))?
+        .ok_or_else(|| LakeError::Internal("the copied index is not visible".into()))?;
+        pairs.push((index, copy));
+    }
+    Ok(pairs)
+}
+
+/// `def` (as pg_get_indexdef prints it: `CREATE [UNIQUE] INDEX <name> ON <table> USING …`)
+/// rewritten to build the same index, named `copy_name`, on `shadow`.
+fn shadow_index_sql(
+    def: &str,
+    index_name: &str,
+    table: &str,
+    copy_name: &str,
+    shadow: &str,
+) -> Option<String> {
+    let copy_name = pgrx::spi::quote_identifier(copy_name);
+    ["CREATE UNIQUE INDEX ", "CREATE INDEX "]
+        .iter()
+        .find_map(|create| {
+            let rest = def
+                .strip_prefix(create)?
+                .strip_prefix(index_name)?
+                .strip_prefix(" ON ")?
+                .strip_prefix(table)?
+                .strip_prefix(" USING ")?;
+            Some(format!("{create}{copy_name} ON {shadow} USING {rest}"))
+        })
+}
+
+/// Takes ACCESS EXCLUSIVE on the target for the swap. Until POLITE_WAIT it only tries, so
+/// readers starting meanwhile never queue behind it; then it waits in line like any lock.
+fn lock_politely(relid: pg_sys::Oid) {
+    let lockmode = pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE;
+    let started = Instant::now();
+    while started.elapsed() < POLITE_WAIT {
+        if unsafe { pg_sys::ConditionalLockRelationOid(relid, lockmode) } {
+            return;
+        }
+        pgrx::check_for_interrupts!();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    unsafe { pg_sys::LockRelationOid(relid, lockmode) };
+}
+
+unsafe fn toast_of(relid: pg_sys::Oid) -> pg_sys::Oid {
+    let tuple = pg_sys::SearchSysCache1(
+        pg_sys::SysCacheIdentifier::RELOID as i32,
+        pg_sys::Datum::from(relid),
+    );
+    if tuple.is_null() {
+        return pg_sys::InvalidOid;
+    }
+    let toast = (*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_class>(tuple)).reltoastrelid;
+    pg_sys::ReleaseSysCache(tuple);
+    toast
+}
+
+unsafe fn rename_toast(relid: pg_sys::Oid, toast: pg_sys::Oid) {
+    let name = std::ffi::CString::new(format!("pg_toast_{}", u32::from(relid))).unwrap();
+    pg_sys::RenameRelationInternal(toast, name.as_ptr(), true, false);
+    let index = Spi::get_one_with_args::<pg_sys::Oid>(
+        "SELECT indexrelid FROM pg_catalog.pg_index WHERE indrelid OPERATOR(pg_catalog.=) $1",
+        &[toast.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(pg_sys::InvalidOid);
+    if index == pg_sys::InvalidOid {
+        return;
+    }
+    let index_name = std::ffi::CString::new(format!("pg_toast_{}_index", u32::from(relid))).unwrap();
+    pg_sys::RenameRelationInternal(index, index_name.as_ptr(), true, true);
+    pg_sys::CommandCounterIncrement();
+}
+
+/// Swaps the files of two relations of one kind (cluster.c `swap_relation_files` for a
+/// non-catalog relation, TOAST by links): relfilenode, tablespace, TOAST table, the frozen
+/// horizons that must match the data, and the size statistics.
+unsafe fn swap_files(r1: pg_sys::Oid, r2: pg_sys::Oid) {
+    let pg_class = pg_sys::table_open(
+        pg_sys::RelationRelationId,
+        pg_sys::RowExclusiveLock as pg_sys::LOCKMODE,
+    );
+    let copy = |relid: pg_sys::Oid| {
+        let t = pg_sys::SearchSysCacheCopy(
+            pg_sys::SysCacheIdentifier::RELOID as i32,
+            pg_sys::Datum::from(relid),
+            pg_sys::Datum::from(0),
+            pg_sys::Datum::from(0),
+            pg_sys::Datum::from(0),
+        );
+        if t.is_null() {
+            pgrx::error!("pg_lakesync: cache lookup failed for relation {}", u32::from(relid));
+        }
+        t
+    };
+    let (t1, t2) = (copy(r1), copy(r2));
+    let f1 = &mut *pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_class>(t1);
+    let f2 = &mut *pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_class>(t2);
+    assert_eq!(f1.relkind, f2.relkind, "pg_lakesync swaps only relations of one kind");
+    std::mem::swap(&mut f1.relfilenode, &mut f2.relfilenode);
+    std::mem::swap(&mut f1.reltablespace, &mut f2.reltablespace);
+    std::mem::swap(&mut f1.reltoastrelid, &mut f2.reltoastrelid);
+    if f1.relkind != pg_sys::RELKIND_INDEX as std::ffi::c_char {
+        std::mem::swap(&mut f1.relfrozenxid, &mut f2.relfrozenxid);
+        std::mem::swap(&mut f1.relminmxid, &mut f2.relminmxid);
+    }
+    std::mem::swap(&mut f1.relpages, &mut f2.relpages);
+    std::mem::swap(&mut f1.reltuples, &mut f2.reltuples);
+    std::mem::swap(&mut f1.relallvisible, &mut f2.relallvisible);
+    pg_sys::CatalogTupleUpdate(pg_class, &mut (*t1).t_self, t1);
+    pg_sys::CatalogTupleUpdate(pg_class, &mut (*t2).t_self, t2);
+    // Each TOAST table's one dependency goes to its new owner, so that dropping the shadow
+    // drops the old TOAST table, not the new.
+    let (toast1, toast2) = (f1.reltoastrelid, f2.reltoastrelid);
+    for toast in [toast1, toast2] {
+        if toast != pg_sys::InvalidOid {
+            pg_sys::deleteDependencyRecordsFor(pg_sys::RelationRelationId, toast, false);
+        }
+    }
+    for (toast, owner) in [(toast1, r1), (toast2, r2)] {
+        if toast != pg_sys::InvalidOid {
+            let base = pg_sys::ObjectAddress {
+                classId: pg_sys::RelationRelationId,
+                objectId: owner,
+                objectSubId: 0,
+            };
+            let dependent = pg_sys::ObjectAddress {
+                classId: pg_sys::RelationRelationId,
+                objectId: toast,
+                objectSubId: 0,
+            };
+            pg_sys::recordDependencyOn(
+                &dependent,
+                &base,
+                pg_sys::DependencyType::DEPENDENCY_INTERNAL,
+            );
+        }
+    }
+    pg_sys::heap_freetuple(t1);
+    pg_sys::heap_freetuple(t2);
+    pg_sys::table_close(pg_class, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+    // Each relcache entry links to its relation's old file: close both links before the
+    // invalidations of the next command counter increment rebuild the entries (as cluster.c).
+    pg_sys::RelationCloseSmgrByOid(r1);
+    pg_sys::RelationCloseSmgrByOid(r2);
+    pg_sys::CommandCounterIncrement();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    #[pgrx::pg_test]
+    fn index_definitions_are_moved_to_the_shadow() {
+        let sql = super::shadow_index_sql(
+            "CREATE UNIQUE INDEX \"T_pkey\" ON \"My\".\"T\" USING btree (id) WHERE (x > 0)",
+            "\"T_pkey\"",
+            "\"My\".\"T\"",
+            "pg_temp_77",
+            "\"My\".pg_temp_12",
+        );
+        assert_eq!(
+            sql.as_deref(),
+            Some("CREATE UNIQUE INDEX pg_temp_77 ON \"My\".pg_temp_12 USING btree (id) WHERE (x > 0)")
+        );
+        assert_eq!(
+            super::shadow_index_sql("CREATE INDEX i ON s.u USING btree (a)", "i", "s.t", "c", "s.x"),
+            None
+        );
+    }
+}
