@@ -17,7 +17,9 @@ use crate::plan::target::TargetName;
 use crate::plan::ColumnsPlan;
 use crate::source::scan::ScanStream;
 use pgrx::pg_sys;
+use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
 use pgrx::prelude::*;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
 use std::time::{Duration, Instant};
 
 unsafe extern "C-unwind" {
@@ -67,6 +69,9 @@ pub fn why_in_place(relid: pg_sys::Oid, plan: &ColumnsPlan) -> Result<Option<Str
              THEN 'it is part of an inheritance tree' \
            WHEN NOT pg_catalog.pg_has_role(c.relowner, 'USAGE') \
              THEN 'the syncing role does not own it' \
+           WHEN NOT pg_catalog.has_table_privilege(c.oid, 'INSERT') \
+             OR NOT pg_catalog.has_table_privilege(c.oid, 'DELETE') \
+             THEN 'the syncing role may not INSERT and DELETE all of it' \
            WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid OPERATOR(pg_catalog.=) c.oid \
                           AND t.tgname OPERATOR(pg_catalog.<>) 'lakesync_read_only') \
              THEN 'it has triggers or foreign keys' \
@@ -173,12 +178,13 @@ unsafe fn new_heap(relid: pg_sys::Oid) -> pg_sys::Oid {
 /// Builds a copy of every index of `relid` on `shadow`; returns (index, its copy) pairs.
 fn build_indexes(relid: pg_sys::Oid, shadow: pg_sys::Oid) -> Result<Vec<(pg_sys::Oid, pg_sys::Oid)>> {
     // pg_get_indexdef names the table schema-qualified, each part as quote_ident quotes it.
-    let defs: Vec<(pg_sys::Oid, String, String, String)> = Spi::connect(|c| {
+    let defs: Vec<(pg_sys::Oid, String, String, String, String)> = Spi::connect(|c| {
         let rows = c.select(
             "SELECT i.indexrelid, pg_catalog.pg_get_indexdef(i.indexrelid), \
                     pg_catalog.quote_ident(ic.relname), \
                     pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' \
-                      OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c.relname) \
+                      OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c.relname), \
+                    ic.relname::pg_catalog.text \
              FROM pg_catalog.pg_index i \
              JOIN pg_catalog.pg_class ic ON ic.oid OPERATOR(pg_catalog.=) i.indexrelid \
              JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) i.indrelid \
@@ -194,6 +200,7 @@ fn build_indexes(relid: pg_sys::Oid, shadow: pg_sys::Oid) -> Result<Vec<(pg_sys:
                 r.get::<String>(2)?.unwrap_or_default(),
                 r.get::<String>(3)?.unwrap_or_default(),
                 r.get::<String>(4)?.unwrap_or_default(),
+                r.get::<String>(5)?.unwrap_or_default(),
             ));
         }
         Ok::<_, pgrx::spi::Error>(out)
@@ -209,11 +216,35 @@ fn build_indexes(relid: pg_sys::Oid, shadow: pg_sys::Oid) -> Result<Vec<(pg_sys:
     .map_err(|e| LakeError::Internal(format!("cannot name the new heap: {e}")))?
     .unwrap_or_default();
     let mut pairs = Vec::new();
-    for (index, def, index_name, table) in defs {
+    for (index, def, index_name, table, raw_name) in defs {
         let copy_name = format!("pg_temp_{}", u32::from(index));
         let sql = shadow_index_sql(&def, &index_name, &table, &copy_name, &shadow_name)
             .ok_or_else(|| LakeError::Internal(format!("cannot copy index definition: {def}")))?;
-        Spi::run(&sql).map_err(|e| LakeError::Internal(format!("{sql}: {e}")))?;
+        let built = crate::subxact::run(true, || {
+            Spi::run(&sql).map_err(|e| LakeError::Internal(format!("{sql}: {e}")))
+        });
+        match built {
+            Ok(r) => r?,
+            // A repeat in a unique index of the user's: named as a row-by-row load names it.
+            Err(e) if crate::subxact::sqlstate(&e) == PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION => {
+                let detail = match &e {
+                    CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => {
+                        r.detail().unwrap_or("").to_string()
+                    }
+                    CaughtError::RustPanic { ereport, .. } => {
+                        ereport.detail().unwrap_or("").to_string()
+                    }
+                };
+                ErrorReport::new(
+                    PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
+                    format!("duplicate key value violates unique constraint \"{raw_name}\""),
+                    "pg_lakesync",
+                )
+                .set_detail(detail)
+                .report(PgLogLevel::ERROR);
+            }
+            Err(e) => e.rethrow(),
+        }
         let copy = Spi::get_one_with_args::<pg_sys::Oid>(
             "SELECT i.indexrelid FROM pg_catalog.pg_index i \
              JOIN pg_catalog.pg_class ic ON ic.oid OPERATOR(pg_catalog.=) i.indexrelid \

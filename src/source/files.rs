@@ -213,7 +213,13 @@ fn read_files(
             found = meta?.visit_scan_files(found, collect)?;
         }
     }
-    let engine = source.engine.clone();
+    let width = super::stored_row_width(
+        found
+            .1
+            .iter()
+            .map(|f| (f.size, f.stats.as_ref().map(|s| s.num_records))),
+    );
+    let engine = source.engine_for_rows_of(width);
     let root = snapshot.table_root().clone();
     let physical = scan.physical_schema().clone();
     let logical = scan.logical_schema().clone();

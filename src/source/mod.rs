@@ -68,12 +68,44 @@ pub struct DeltaSource {
     pub location: SourceLocation,
     pub engine: Arc<dyn Engine>,
     pub snapshot: SnapshotRef,
+    store: Arc<dyn object_store::ObjectStore>,
 }
 
 impl DeltaSource {
     pub fn version(&self) -> i64 {
         self.snapshot.version() as i64
     }
+
+    /// An engine on the same store whose batches of rows `bytes_per_row` wide (as stored)
+    /// stay near `BATCH_BYTES` decoded: a batch of 8,192 rows of 64 KiB documents would be
+    /// 512 MiB.
+    pub fn engine_for_rows_of(&self, bytes_per_row: f64) -> Arc<dyn Engine> {
+        engine_with(self.store.clone(), batch_rows(bytes_per_row))
+    }
+}
+
+/// Decoded bytes one batch should stay near.
+const BATCH_BYTES: f64 = 16.0 * 1024.0 * 1024.0;
+/// How much larger a row is decoded than stored, as a rule of thumb for Parquet's compression
+/// and encodings (dictionary-encoded repeats can be more; the batch's rows bound those).
+const DECODED_PER_STORED: f64 = 4.0;
+const MIN_BATCH_ROWS: usize = 64;
+
+/// Rows per batch for rows `bytes_per_row` wide as stored (0 or unknown: the default).
+fn batch_rows(bytes_per_row: f64) -> usize {
+    if !(bytes_per_row > 0.0) {
+        return BATCH_ROWS;
+    }
+    let rows = BATCH_BYTES / (bytes_per_row * DECODED_PER_STORED);
+    (rows as usize).clamp(MIN_BATCH_ROWS, BATCH_ROWS)
+}
+
+/// The widest rows of these files, as stored: a file's bytes over its row count.
+pub fn stored_row_width<'a>(files: impl IntoIterator<Item = (i64, Option<u64>)> + 'a) -> f64 {
+    files
+        .into_iter()
+        .filter_map(|(size, rows)| rows.filter(|&n| n > 0).map(|n| size as f64 / n as f64))
+        .fold(0.0, f64::max)
 }
 
 /// Files the kernel opens ahead (reads their footers) while we decode; their data is read one file
@@ -84,12 +116,16 @@ const BATCH_ROWS: usize = 8192;
 
 /// A kernel engine on the table's object store, on our I/O runtime, with our batch size.
 fn engine(store: Arc<dyn object_store::ObjectStore>) -> Arc<dyn Engine> {
+    engine_with(store, BATCH_ROWS)
+}
+
+fn engine_with(store: Arc<dyn object_store::ObjectStore>, batch_rows: usize) -> Arc<dyn Engine> {
     let executor = TokioMultiThreadExecutor::new(runtime().handle().clone());
     Arc::new(
         DefaultEngineBuilder::new(store)
             .with_task_executor(Arc::new(executor))
             .with_buffer_size(NonZero::new(READAHEAD_FILES).expect("nonzero"))
-            .with_batch_size(NonZero::new(BATCH_ROWS).expect("nonzero"))
+            .with_batch_size(NonZero::new(batch_rows).expect("nonzero"))
             .build(),
     )
 }
@@ -98,11 +134,11 @@ fn engine(store: Arc<dyn object_store::ObjectStore>) -> Arc<dyn Engine> {
 pub fn open(location: &SourceLocation, version: Option<i64>) -> Result<DeltaSource> {
     location.check_exists()?;
     let _guard = runtime().enter();
-    let (engine, root) = match &location.access {
+    let (store, root): (Arc<dyn object_store::ObjectStore>, _) = match &location.access {
         Some(access) => (
-            engine(Arc::new(store::mapped::Mapped::remote(
+            Arc::new(store::mapped::Mapped::remote(
                 access.build(&location.url, &location.display())?,
-            ))),
+            )),
             location.url.clone(),
         ),
         None if location.is_local_file() => {
@@ -113,9 +149,9 @@ pub fn open(location: &SourceLocation, version: Option<i64>) -> Result<DeltaSour
                     detail: e.to_string(),
                 })?;
             (
-                engine(Arc::new(store::mapped::Mapped::local(
+                Arc::new(store::mapped::Mapped::local(
                     log_store.root_object_store(None),
-                ))),
+                )),
                 log_store.root_url().clone(),
             )
         }
@@ -126,6 +162,7 @@ pub fn open(location: &SourceLocation, version: Option<i64>) -> Result<DeltaSour
             )))
         }
     };
+    let engine = engine(store.clone());
     let mut builder = Snapshot::builder_for(root.as_str());
     if let Some(v) = version {
         builder = builder.at_version(v as u64);
@@ -161,6 +198,7 @@ pub fn open(location: &SourceLocation, version: Option<i64>) -> Result<DeltaSour
         location: location.clone(),
         engine,
         snapshot,
+        store,
     })
 }
 

@@ -73,8 +73,12 @@ pub fn start(
         columns,
         key,
         null_bytes,
-        |source, names, expected, stopped| {
-            count_expected(source, expected.clone(), stopped.clone());
+        |source, names, expected, _stopped| {
+            // The log first (no data yet): how many rows to expect, and how wide they are.
+            let (rows, width) = files_at_a_glance(source)?;
+            if let Some(rows) = rows {
+                expected.store(rows as i64, Ordering::Relaxed);
+            }
             let schema = source.snapshot.schema().project(names)?;
             let scan = source
                 .snapshot
@@ -82,7 +86,7 @@ pub fn start(
                 .scan_builder()
                 .with_schema(schema)
                 .build()?;
-            Ok(Box::new(scan.execute(source.engine.clone())?) as Batches)
+            Ok(Box::new(scan.execute(source.engine_for_rows_of(width))?) as Batches)
         },
         |source, e| classify(&source.location, e),
     )
@@ -224,31 +228,18 @@ where
     Ok(())
 }
 
-/// Sums the rows the snapshot's files hold, from the log's statistics, on a thread of its own
-/// (a second replay of the log, beside the scan's), until the scan stops: -1 stays when a file
-/// has no statistics. Rows a deletion vector removes are counted (the kernel does not expose
-/// their number), so the sum can exceed what the sync writes.
-fn count_expected(source: &DeltaSource, expected: Arc<AtomicI64>, stopped: Arc<AtomicBool>) {
-    let (snapshot, engine) = (source.snapshot.clone(), source.engine.clone());
-    let _ = std::thread::Builder::new()
-        .name("lakesync-count".into())
-        .spawn(move || {
-            let _guard = runtime().enter();
-            let count = || -> delta_kernel::DeltaResult<Option<u64>> {
-                let scan = snapshot.scan_builder().build()?;
-                let mut total = Some(0u64);
-                for meta in scan.scan_metadata(engine.as_ref())? {
-                    total = meta?.visit_scan_files(total, |t, f| {
-                        *t = t.zip(f.stats.as_ref()).map(|(t, s)| t + s.num_records)
-                    })?;
-                    if total.is_none() || stopped.load(Ordering::Relaxed) {
-                        return Ok(None);
-                    }
-                }
-                Ok(total)
-            };
-            if let Ok(Some(total)) = count() {
-                expected.store(total as i64, Ordering::Relaxed);
-            }
-        });
+/// How many rows the snapshot holds, as the log's file statistics say (None when a file has
+/// none), and the widest rows of its files as stored (see `stored_row_width`).
+fn files_at_a_glance(source: &DeltaSource) -> delta_kernel::DeltaResult<(Option<u64>, f64)> {
+    let _guard = runtime().enter();
+    let scan = source.snapshot.clone().scan_builder().build()?;
+    let mut acc = (Some(0u64), Vec::new());
+    for meta in scan.scan_metadata(source.engine.as_ref())? {
+        acc = meta?.visit_scan_files(acc, |(total, sizes), f| {
+            let n = f.stats.as_ref().map(|s| s.num_records);
+            *total = total.zip(n).map(|(t, n)| t + n);
+            sizes.push((f.size, n));
+        })?;
+    }
+    Ok((acc.0, super::stored_row_width(acc.1)))
 }
