@@ -44,17 +44,21 @@ class Reader(threading.Thread):
                 self.queries += 1
 
 
-def timed(cluster, sql, args, table):
+def timed(cluster, sql, args, table, race=False):
+    """Seconds of one statement; with `race`, a reader queries the table throughout (it takes a
+    core of the two, so raced runs are for the reader's waits, not for the ratios)."""
     checkpoint(cluster)
     reader = Reader(cluster.dsn(), table)
-    reader.start()
-    time.sleep(0.2)
+    if race:
+        reader.start()
+        time.sleep(0.2)
     with psycopg.connect(cluster.dsn(), autocommit=True) as c:
         t = time.perf_counter()
         c.execute(sql, args)
         secs = time.perf_counter() - t
     reader.stop.set()
-    reader.join()
+    if race:
+        reader.join()
     return secs, reader
 
 
@@ -110,13 +114,20 @@ def bench(cluster, rows, runs):
             "at": pa.array([None], pa.timestamp("us", tz="UTC")), "day": pa.array([None], pa.date32()),
             "flag": [True]}), mode="append")
         os.system(f"chmod -R a+rX {path}")
+        # The reader alone, for what its queries take without a sync.
+        alone = Reader(cluster.dsn(), name)
+        alone.start()
+        time.sleep(2)
+        alone.stop.set()
+        alone.join()
+        waits.setdefault("alone", []).append(alone.longest)
         secs, reader = timed(cluster, "SELECT sync_now(%s)", (name,), name)
         resync.append(secs)
-        waits["resync"].append(reader.longest)
-        assert reader.counts <= {rows + appended - 1, rows + appended}, reader.counts
         secs, reader = timed(cluster, "SELECT full_refresh(%s)", (name,), name)
         refresh.append(secs)
+        _, reader = timed(cluster, "SELECT full_refresh(%s)", (name,), name, race=True)
         waits["refresh"].append(reader.longest)
+        assert reader.counts == {rows + appended}, reader.counts
         with psycopg.connect(cluster.dsn(), autocommit=True) as c:
             sizes.setdefault("refresh", []).append(size_mib(c, name))
             n = c.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
@@ -125,6 +136,7 @@ def bench(cluster, rows, runs):
             c.execute(f"CREATE PUBLICATION w7_pub_{run} FOR TABLE {name}")
         secs, reader = timed(cluster, "SELECT full_refresh(%s)", (name,), name)
         inplace.append(secs)
+        _, reader = timed(cluster, "SELECT full_refresh(%s)", (name,), name, race=True)
         waits["inplace"].append(reader.longest)
         with psycopg.connect(cluster.dsn(), autocommit=True) as c:
             sizes.setdefault("inplace", []).append(size_mib(c, name))
@@ -136,11 +148,13 @@ def bench(cluster, rows, runs):
     print(f"## W7 SNAPSHOT re-sync and full_refresh vs first load, {rows:,} rows "
           f"(median of {runs} runs)")
     print()
-    print("| path | median s | vs first load | longest reader query s | table MiB after |")
+    print("| path | median s | vs first load | longest reader query s (raced run) | "
+          "table MiB after |")
     print("|---|---|---|---|---|")
-    print(f"| first load (create_synced_table) | {f:.2f} | 1.00× | – | {med(sizes['first']):.0f} |")
+    print(f"| first load (create_synced_table) | {f:.2f} | 1.00× | {max(waits['alone']):.2f} "
+          f"(no sync running) | {med(sizes['first']):.0f} |")
     print(f"| SNAPSHOT re-sync after a 1-row append (sync_now) | {med(resync):.2f} | "
-          f"{med(resync) / f:.2f}× | {max(waits['resync']):.2f} | – |")
+          f"{med(resync) / f:.2f}× | – | – |")
     print(f"| full_refresh (swap) | {med(refresh):.2f} | {med(refresh) / f:.2f}× | "
           f"{max(waits['refresh']):.2f} | {med(sizes['refresh']):.0f} |")
     print(f"| full_refresh in place (table in a publication) | {med(inplace):.2f} | "

@@ -510,3 +510,13 @@ pub fn set_target_relid(target: &str, relid: pg_sys::Oid) -> Result<()> {
         .map_err(spi_err)
     })
 }
+
+/// The row count the catalog holds for `target` (None when not known).
+pub fn synced_rows(target: &str) -> Result<Option<u64>> {
+    Spi::get_one_with_args::<i64>(
+        "SELECT (SELECT rows FROM lakesync.synced_tables WHERE target OPERATOR(pg_catalog.=) $1)",
+        &[target.into()],
+    )
+    .map(|n| n.filter(|&n| n >= 0).map(|n| n as u64))
+    .map_err(|e| LakeError::Internal(format!("cannot read the synced row count: {e}")))
+}

@@ -237,4 +237,29 @@ mod tests {
         assert_eq!(parse_duration("99999999999999999999h"), None);
         assert_eq!(parse_duration("soon"), None);
     }
+
+    #[pg_test]
+    fn index_definitions_are_moved_to_the_shadow() {
+        let sql = crate::apply::swap::shadow_index_sql(
+            "CREATE UNIQUE INDEX \"T_pkey\" ON \"My\".\"T\" USING btree (id) WHERE (x > 0)",
+            "\"T_pkey\"",
+            "\"My\".\"T\"",
+            "pg_temp_77",
+            "\"My\".pg_temp_12",
+        );
+        assert_eq!(
+            sql.as_deref(),
+            Some("CREATE UNIQUE INDEX pg_temp_77 ON \"My\".pg_temp_12 USING btree (id) WHERE (x > 0)")
+        );
+        assert_eq!(
+            crate::apply::swap::shadow_index_sql(
+                "CREATE INDEX i ON s.u USING btree (a)",
+                "i",
+                "s.t",
+                "c",
+                "s.x"
+            ),
+            None
+        );
+    }
 }

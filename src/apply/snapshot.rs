@@ -64,7 +64,10 @@ pub fn load(
                         return (relid, false);
                     }
                     let rel = pgrx::PgRelation::open(relid);
-                    pg_sys::RelationSetNewRelfilenode(rel.as_ptr(), (*(*rel.as_ptr()).rd_rel).relpersistence);
+                    pg_sys::RelationSetNewRelfilenode(
+                        rel.as_ptr(),
+                        (*(*rel.as_ptr()).rd_rel).relpersistence,
+                    );
                     (relid, true)
                 };
                 super::copy::copy_into_fresh(&target.qualified(), &names, stream, fresh)

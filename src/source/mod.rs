@@ -93,7 +93,7 @@ const MIN_BATCH_ROWS: usize = 64;
 
 /// Rows per batch for rows `bytes_per_row` wide as stored (0 or unknown: the default).
 fn batch_rows(bytes_per_row: f64) -> usize {
-    if !(bytes_per_row > 0.0) {
+    if bytes_per_row.is_nan() || bytes_per_row <= 0.0 {
         return BATCH_ROWS;
     }
     let rows = BATCH_BYTES / (bytes_per_row * DECODED_PER_STORED);
@@ -136,7 +136,7 @@ pub fn open(location: &SourceLocation, version: Option<i64>) -> Result<DeltaSour
     let _guard = runtime().enter();
     let (store, root): (Arc<dyn object_store::ObjectStore>, _) = match &location.access {
         Some(access) => (
-            Arc::new(store::mapped::Mapped::remote(
+            Arc::new(store::mapped::Mapped::new(
                 access.build(&location.url, &location.display())?,
             )),
             location.url.clone(),
@@ -149,7 +149,7 @@ pub fn open(location: &SourceLocation, version: Option<i64>) -> Result<DeltaSour
                     detail: e.to_string(),
                 })?;
             (
-                Arc::new(store::mapped::Mapped::local(
+                Arc::new(store::mapped::Mapped::new(
                     log_store.root_object_store(None),
                 )),
                 log_store.root_url().clone(),

@@ -212,14 +212,20 @@ mod tests {
     fn crossover_by_share_of_bytes() {
         let sizes = |changes, table| Some(Sizes { changes, table });
         let mib = 1 << 20;
-        assert_eq!(cheaper(sizes(10 * mib, 100 * mib), 0.15, false), Cheaper::Changes);
+        assert_eq!(
+            cheaper(sizes(10 * mib, 100 * mib), 0.15, false),
+            Cheaper::Changes
+        );
         assert_eq!(
             cheaper(sizes(20 * mib, 100 * mib), 0.15, false),
             Cheaper::Full("the changes are 20 % of the table's bytes, above the 15 % where a full refresh is cheaper".into())
         );
         // A small table: only an explicit threshold decides.
         assert_eq!(cheaper(sizes(50, 100), 0.15, false), Cheaper::Either);
-        assert!(matches!(cheaper(sizes(50, 100), 0.15, true), Cheaper::Full(_)));
+        assert!(matches!(
+            cheaper(sizes(50, 100), 0.15, true),
+            Cheaper::Full(_)
+        ));
         assert_eq!(cheaper(sizes(5, 0), 0.15, true), Cheaper::Either);
         assert_eq!(cheaper(None, 0.15, true), Cheaper::Either);
     }

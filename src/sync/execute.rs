@@ -239,8 +239,7 @@ fn apply_changes(
                 return reload(&e.to_string());
             }
             Ok(r) => r?,
-            Err(caught) if may_reload && crate::subxact::needs_full_refresh(&caught) =>
-            {
+            Err(caught) if may_reload && crate::subxact::needs_full_refresh(&caught) => {
                 return reload(&crate::subxact::message(&caught));
             }
             Err(caught) => caught.rethrow(),
@@ -279,17 +278,43 @@ fn cheaper(
         }
         Crossover::Never => return Ok(Cheaper::Changes),
         Crossover::Above(x) => (x, true),
+        // A full refresh resets what applications wrote (read_only: false) and their own
+        // columns, which applying changes keeps: by itself, never there.
+        Crossover::Measured
+            if run.mode != Mode::Snapshot
+                && (!run.opts.read_only || has_own_columns(run.relid, &run.columns)?) =>
+        {
+            return Ok(Cheaper::Changes)
+        }
         Crossover::Measured => {
             let swaps =
                 run.schema.is_empty() && apply::swap::why_in_place(run.relid, plan)?.is_none();
-            (if swaps { CROSSOVER_SWAP } else { CROSSOVER_IN_PLACE }, false)
+            (
+                if swaps {
+                    CROSSOVER_SWAP
+                } else {
+                    CROSSOVER_IN_PLACE
+                },
+                false,
+            )
         }
     };
     let src = source.clone();
-    let sizes = crate::offload::run(move || {
-        Ok(crate::source::estimate::sizes(&src, synced, detection))
-    })?;
+    let sizes =
+        crate::offload::run(move || Ok(crate::source::estimate::sizes(&src, synced, detection)))?;
     Ok(super::decide::cheaper(sizes, threshold, explicit))
+}
+
+/// Whether the table has columns of its own (not written by the sync).
+fn has_own_columns(relid: pg_sys::Oid, synced: &[String]) -> Result<bool> {
+    Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a \
+           WHERE a.attrelid OPERATOR(pg_catalog.=) $1 AND a.attnum OPERATOR(pg_catalog.>) 0 \
+             AND NOT a.attisdropped AND NOT a.attname OPERATOR(pg_catalog.=) ANY ($2::pg_catalog.name[]))",
+        &[relid.into(), synced.to_vec().into()],
+    )
+    .map(|b| b.unwrap_or(true))
+    .map_err(|e| crate::error::LakeError::Internal(format!("cannot read the table's columns: {e}")))
 }
 
 /// Replaces the target's contents with the source's rows (the first sync, SNAPSHOT mode, and
@@ -333,7 +358,12 @@ pub fn load_snapshot(
         (true, false) => apply::snapshot::Into::Replace,
     };
     let loaded = if replace_existing && in_place.is_none() {
-        apply::swap::load(run.target, run.relid, plan, stream)?
+        // Only syncs write a read-only table: the catalog's count is exact.
+        let old_rows = match run.opts.read_only {
+            true => catalog::synced_rows(&run.target.qualified())?,
+            false => None,
+        };
+        apply::swap::load(run.target, run.relid, plan, stream, old_rows)?
     } else {
         apply::snapshot::load(run.target, run.relid, plan, stream, into)?
     };

@@ -3,9 +3,10 @@
 //! The Parquet reader asks for a whole row group's column chunks at once, and holds them while
 //! it decodes that row group page by page. Held in memory, that is as large as the writer made its
 //! row groups: 128 MiB for Spark, 283 MiB for one writer measured, more for others. A read of more
-//! than `MAP_ABOVE` bytes is therefore served from a memory mapping instead. A local data file
-//! is mapped where it is. A remote object's ranges are first streamed to an unlinked file in
-//! Postgres' temporary directory and that file is mapped. Mapped pages are the kernel's page cache:
+//! than `MAP_ABOVE` bytes is therefore served from a memory mapping instead: the ranges are first
+//! streamed to an unlinked file in Postgres' temporary directory and that private file is mapped.
+//! (Never the data file itself: a file another host truncates or an NFS/FUSE mount that fails
+//! would turn a touch of a mapped page into SIGBUS, which restarts the whole server.) Mapped pages are the kernel's page cache:
 //! read on demand, dropped under pressure, never the backend's private memory. What the backend
 //! itself holds stays at the decoded batches and pages, whatever the file layout.
 
@@ -27,40 +28,15 @@ pub const MAP_ABOVE: u64 = 16 << 20;
 #[derive(Debug)]
 pub struct Mapped {
     inner: Arc<dyn ObjectStore>,
-    /// Set for a store on the server's file system: where its paths are, to map them in place.
-    local: Option<object_store::local::LocalFileSystem>,
 }
 
 impl Mapped {
-    pub fn remote(inner: Arc<dyn ObjectStore>) -> Self {
-        Mapped { inner, local: None }
-    }
-
-    /// A store whose paths are file system paths from `/` (as the kernel names local files).
-    pub fn local(inner: Arc<dyn ObjectStore>) -> Self {
-        Mapped {
-            inner,
-            local: Some(object_store::local::LocalFileSystem::new()),
-        }
+    pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
+        Mapped { inner }
     }
 
     async fn mapped_ranges(&self, l: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
-        if let Some(fs) = &self.local {
-            if let Ok(path) = fs.path_to_filesystem(l) {
-                if let Ok(file) = std::fs::File::open(&path) {
-                    let map = Map::of(&file).map_err(|e| io_error(l, e))?;
-                    if ranges.iter().all(|r| r.end <= map.len as u64) {
-                        let whole = Bytes::from_owner(map);
-                        return Ok(ranges
-                            .iter()
-                            .map(|r| whole.slice(r.start as usize..r.end as usize))
-                            .collect());
-                    }
-                }
-            }
-            return self.inner.get_ranges(l, ranges).await;
-        }
-        // Remote: each range streamed into one unlinked file, then mapped.
+        // Each range streamed into one unlinked file, then mapped.
         let mut file = spill_file().map_err(|e| io_error(l, e))?;
         let mut at = Vec::with_capacity(ranges.len());
         let mut offset = 0u64;
