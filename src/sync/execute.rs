@@ -134,33 +134,20 @@ pub fn execute(
         Decision::SnapshotOrDiff { synced } => {
             // Only the files that changed, when they are few; else a full read.
             let detection = crate::options::ChangeDetection::Files;
-            let diff = matches!(
-                cheaper(run, &source, plan, synced, detection)?,
-                Cheaper::Changes
-            );
-            if !diff {
-                return load_snapshot(
-                    run,
-                    source,
-                    plan,
-                    Load::Replace {
-                        from_version: synced_version,
-                        why: None,
-                    },
-                );
+            let full = |source| {
+                let load = Load::Replace {
+                    from_version: synced_version,
+                    why: None,
+                };
+                load_snapshot(run, source, plan, load)
+            };
+            if cheaper(run, &source, plan, synced, detection)? != Cheaper::Changes {
+                return full(source);
             }
             match steps::build(&source, plan, synced, detection, run.opts.null_bytes) {
                 Ok(steps) => apply_changes(run, source, plan, synced, detection, steps),
                 // Whatever keeps the diff from being read, a full read gets past it.
-                Err(_) => load_snapshot(
-                    run,
-                    source,
-                    plan,
-                    Load::Replace {
-                        from_version: synced_version,
-                        why: None,
-                    },
-                ),
+                Err(_) => full(source),
             }
         }
         Decision::Incremental { synced } => {
