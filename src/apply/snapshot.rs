@@ -1,5 +1,6 @@
-//! SNAPSHOT apply: replace the target's contents with the source's rows, in the caller's
-//! transaction.
+//! SNAPSHOT apply in place: load a new target, or replace the target's contents with the
+//! source's rows row by row, in the caller's transaction. (Most replaces swap in a new table
+//! instead: see `swap`; this is the path where a swap would skip something.)
 //!
 //! The old rows are deleted and the new ones COPYed in the same transaction, so readers keep
 //! seeing the old contents (MVCC, no lock stronger than ROW EXCLUSIVE) until it commits, and

@@ -138,9 +138,12 @@ pub fn load(
     // costs a second), else counted while no writer can change them.
     let deleted = match old_rows {
         Some(n) => n,
-        None => Spi::get_one::<i64>(&format!("SELECT count(*) FROM {}", target.qualified()))
-            .map_err(|e| LakeError::Internal(format!("cannot count the old rows: {e}")))?
-            .unwrap_or(0) as u64,
+        None => Spi::get_one::<i64>(&format!(
+            "SELECT pg_catalog.count(*) FROM {}",
+            target.qualified()
+        ))
+        .map_err(|e| LakeError::Internal(format!("cannot count the old rows: {e}")))?
+        .unwrap_or(0) as u64,
     };
     lock_politely(relid);
     crate::debug::pause_point("swap");
