@@ -128,12 +128,15 @@ pub fn load(
 ) -> Result<LoadResult> {
     // Applications' writes wait (they would be lost in the swap); reads go on.
     unsafe { pg_sys::LockRelationOid(relid, pg_sys::ExclusiveLock as pg_sys::LOCKMODE) };
+    let clock = std::time::Instant::now();
     let names: Vec<String> = plan.columns.iter().map(|c| c.name.clone()).collect();
     let (shadow, inserted, stats) =
         copy::copy_into_fresh(&target.qualified(), &names, stream, || unsafe {
             (new_heap(relid), true)
         })?;
+    let copied = clock.elapsed();
     let pairs = catching_duplicates(target, plan, || build_indexes(relid, shadow))?;
+    let indexed = clock.elapsed();
     // The rows replaced: as the catalog knows them for a read-only table (a count of 10 M rows
     // costs a second), else counted while no writer can change them.
     let deleted = match old_rows {
@@ -145,7 +148,9 @@ pub fn load(
         .map_err(|e| LakeError::Internal(format!("cannot count the old rows: {e}")))?
         .unwrap_or(0) as u64,
     };
+    let counted = clock.elapsed();
     lock_politely(relid);
+    let locked = clock.elapsed();
     crate::debug::pause_point("swap");
     unsafe {
         swap_files(relid, shadow);
@@ -172,6 +177,19 @@ pub fn load(
             rename_toast(relid, new_toast);
         }
     }
+    // Where a replace's time goes (client_min_messages = debug1).
+    let ms = |d: std::time::Duration| d.as_millis();
+    pgrx::debug1!(
+        "pg_lakesync: swap of {}: rows copied {} ms, {} indexes built {} ms, old rows {} ms, \
+         ACCESS EXCLUSIVE waited {} ms, files swapped {} ms",
+        target.qualified(),
+        ms(copied),
+        pairs.len(),
+        ms(indexed - copied),
+        ms(counted - indexed),
+        ms(locked - counted),
+        ms(clock.elapsed() - locked),
+    );
     Ok(LoadResult {
         inserted,
         deleted,
