@@ -44,21 +44,43 @@ class Reader(threading.Thread):
                 self.queries += 1
 
 
+class Probe(threading.Thread):
+    """A point lookup every 5 ms: its longest query is the longest any reader was blocked
+    (a count of 10 M rows takes a second itself, so the Reader cannot tell a wait from work)."""
+
+    def __init__(self, dsn, table):
+        super().__init__(daemon=True)
+        self.dsn, self.table, self.stop = dsn, table, threading.Event()
+        self.longest = 0.0
+
+    def run(self):
+        with psycopg.connect(self.dsn, autocommit=True) as c:
+            while not self.stop.is_set():
+                t = time.perf_counter()
+                c.execute(f"SELECT id FROM {self.table} WHERE id = 1").fetchone()
+                self.longest = max(self.longest, time.perf_counter() - t)
+                time.sleep(0.005)
+
+
 def timed(cluster, sql, args, table, race=False):
     """Seconds of one statement; with `race`, a reader queries the table throughout (it takes a
     core of the two, so raced runs are for the reader's waits, not for the ratios)."""
     checkpoint(cluster)
     reader = Reader(cluster.dsn(), table)
+    reader.probe = Probe(cluster.dsn(), table)
     if race:
         reader.start()
+        reader.probe.start()
         time.sleep(0.2)
     with psycopg.connect(cluster.dsn(), autocommit=True) as c:
         t = time.perf_counter()
         c.execute(sql, args)
         secs = time.perf_counter() - t
     reader.stop.set()
+    reader.probe.stop.set()
     if race:
         reader.join()
+        reader.probe.join()
     return secs, reader
 
 
@@ -127,6 +149,7 @@ def bench(cluster, rows, runs):
         refresh.append(secs)
         _, reader = timed(cluster, "SELECT full_refresh(%s)", (name,), name, race=True)
         waits["refresh"].append(reader.longest)
+        waits.setdefault("refresh_probe", []).append(reader.probe.longest)
         assert reader.counts == {rows + appended}, reader.counts
         with psycopg.connect(cluster.dsn(), autocommit=True) as c:
             sizes.setdefault("refresh", []).append(size_mib(c, name))
@@ -138,6 +161,7 @@ def bench(cluster, rows, runs):
         inplace.append(secs)
         _, reader = timed(cluster, "SELECT full_refresh(%s)", (name,), name, race=True)
         waits["inplace"].append(reader.longest)
+        waits.setdefault("inplace_probe", []).append(reader.probe.longest)
         with psycopg.connect(cluster.dsn(), autocommit=True) as c:
             sizes.setdefault("inplace", []).append(size_mib(c, name))
             c.execute(f"DROP PUBLICATION w7_pub_{run}")
@@ -148,17 +172,19 @@ def bench(cluster, rows, runs):
     print(f"## W7 SNAPSHOT re-sync and full_refresh vs first load, {rows:,} rows "
           f"(median of {runs} runs)")
     print()
-    print("| path | median s | vs first load | longest reader query s (raced run) | "
-          "table MiB after |")
-    print("|---|---|---|---|---|")
+    print("| path | median s | vs first load | longest count(*) query s (raced run) | "
+          "longest point lookup s (raced run) | table MiB after |")
+    print("|---|---|---|---|---|---|")
     print(f"| first load (create_synced_table) | {f:.2f} | 1.00× | {max(waits['alone']):.2f} "
-          f"(no sync running) | {med(sizes['first']):.0f} |")
+          f"(no sync running) | – | {med(sizes['first']):.0f} |")
     print(f"| SNAPSHOT re-sync after a 1-row append (sync_now) | {med(resync):.2f} | "
-          f"{med(resync) / f:.2f}× | – | – |")
+          f"{med(resync) / f:.2f}× | – | – | – |")
     print(f"| full_refresh (swap) | {med(refresh):.2f} | {med(refresh) / f:.2f}× | "
-          f"{max(waits['refresh']):.2f} | {med(sizes['refresh']):.0f} |")
+          f"{max(waits['refresh']):.2f} | {max(waits['refresh_probe']):.3f} | "
+          f"{med(sizes['refresh']):.0f} |")
     print(f"| full_refresh in place (table in a publication) | {med(inplace):.2f} | "
-          f"{med(inplace) / f:.2f}× | {max(waits['inplace']):.2f} | {med(sizes['inplace']):.0f} |")
+          f"{med(inplace) / f:.2f}× | {max(waits['inplace']):.2f} | "
+          f"{max(waits['inplace_probe']):.3f} | {med(sizes['inplace']):.0f} |")
     print()
     sv = med(s for s, _ in vac["sync"])
     cv = med(s for s, _ in vac["copy"])
