@@ -145,6 +145,19 @@ def test_update_that_changes_the_primary_key_removes_the_old_key(db):
     assert [r["id"] for r in pg_table(db)] == [0, 1, 2, 3, 40]
 
 
+def test_update_that_swaps_two_keys_keeps_both_rows(db):
+    # Each pre-image shares its key with the other row's post-image in the same commit.
+    path = table_path()
+    write(path, [{"id": 1, "val": "a"}, {"id": 2, "val": "b"}, {"id": 3, "val": "c"}])
+    create(db, path)
+    DeltaTable(path).update(predicate="id IN (1, 2)",
+                            updates={"id": "CASE WHEN id = 1 THEN 2 ELSE 1 END"})
+    readable(path)
+    sync(db)
+    assert pg_table(db) == delta_rows(path) == [
+        {"id": 1, "val": "b"}, {"id": 2, "val": "a"}, {"id": 3, "val": "c"}]
+
+
 def test_overwrite_and_optimize(db):
     path = table_path()
     for i in range(4):
@@ -189,6 +202,20 @@ def test_duplicate_key_in_changes_fails_and_changes_nothing(db):
     assert pg_table(db) == [{"id": 1, "val": "a"}]
     assert db.execute("SELECT state, synced_version FROM lakesync.synced_tables"
                       ).fetchone() == ("failed", 0)
+
+
+def test_duplicate_key_in_an_earlier_commit_of_the_range_still_fails(db):
+    path = table_path()
+    write(path, [{"id": 1, "val": "a"}])
+    create(db, path)
+    write(path, [{"id": 2, "val": "b"}, {"id": 2, "val": "c"}])
+    DeltaTable(path).update(predicate="id = 1", updates={"val": "'u'"})
+    write(path, [{"id": 3, "val": "d"}])
+    readable(path)
+    with pytest.raises(psycopg.errors.UniqueViolation) as e:
+        sync(db)
+    assert "(id)=(2)" in e.value.diag.message_primary
+    assert pg_table(db) == [{"id": 1, "val": "a"}]
 
 
 def test_dry_run_reports_and_changes_nothing(db):

@@ -100,10 +100,6 @@ pub fn apply(target: &TargetName, plan: &ColumnsPlan, parts: Vec<StagePart>) -> 
         cols = sql.cols.join(", "),
         target = sql.target,
     ))?;
-    // Staging order is the feed's order: commit by commit, and within a commit file by file.
-    spi(&format!(
-        "ALTER TABLE {STAGE} ADD COLUMN lakesync_seq bigint GENERATED ALWAYS AS IDENTITY"
-    ))?;
     let stage_oid = crate::catalog::relation_oid(STAGE)?
         .ok_or_else(|| LakeError::Internal("staging table is not visible".into()))?;
     let mut skipped_null_key = 0;
@@ -128,17 +124,26 @@ pub fn apply(target: &TargetName, plan: &ColumnsPlan, parts: Vec<StagePart>) -> 
         spi(&format!("DROP TABLE {STAGE}"))?;
         return Ok(Applied::NeedsSnapshot);
     }
-    if sql.timeseries.is_none() {
-        check_duplicates(&sql, target, &change_type, &version)?;
-    }
-
     // The last change of each key wins: latest commit first; within one commit a row that
     // exists afterwards (insert, update post-image) wins over a row that is gone (delete, update
-    // pre-image); then feed order. A pre-image counts as a delete so an update that changes the
-    // primary key removes the old key.
+    // pre-image). Without timeseries_key that decides (two rows that exist afterwards are an
+    // error, and gone rows all delete alike); with it only inserts are staged, and among inserts
+    // of one key at one time the later in the feed wins, which is the staging table's physical
+    // order (new in this transaction, only appended to). A pre-image counts as a delete so an
+    // update that changes the primary key removes the old key.
     let order = match &sql.timeseries {
-        None => format!("{version} DESC, ({change_type} IN {GONE}), lakesync_seq DESC"),
-        Some(ts) => format!("{ts} DESC NULLS LAST, {version} DESC, lakesync_seq DESC"),
+        None => format!("{version} DESC, ({change_type} IN {GONE}), s.ctid DESC"),
+        Some(ts) => format!("{ts} DESC NULLS LAST, {version} DESC, s.ctid DESC"),
+    };
+    // Without timeseries_key a key holds one row: two rows of one key written by one commit
+    // mean the source repeats the key, which a snapshot would refuse too. In the ranking's
+    // order such rows are neighbours, so the same sort finds them.
+    let repeat = match &sql.timeseries {
+        None => format!(
+            "({change_type} NOT IN {GONE} AND lag({change_type} NOT IN {GONE}) OVER w \
+             AND lag({version}) OVER w = {version})"
+        ),
+        Some(_) => "false".into(),
     };
     let non_key: Vec<&String> = sql.cols.iter().filter(|c| !sql.key.contains(c)).collect();
     let on_conflict = if non_key.is_empty() {
@@ -160,32 +165,55 @@ pub fn apply(target: &TargetName, plan: &ColumnsPlan, parts: Vec<StagePart>) -> 
     };
     // One statement: the net change of each key (sorted by key, so the target's index is
     // walked in order), the deletes and the upserts. A key is in one of the two, never both.
+    // Nothing is written when the source repeats a key; the statement returns the key instead.
+    let values = sql
+        .key
+        .iter()
+        .map(|k| format!("{k}::pg_catalog.text"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let merge = format!(
-        "WITH net AS MATERIALIZED (SELECT DISTINCT ON ({key}) * FROM {STAGE} \
-                                   ORDER BY {key}, {order}), \
+        "WITH net AS MATERIALIZED ( \
+             SELECT * FROM (SELECT s.*, row_number() OVER w AS lakesync_rank, \
+                                   {repeat} AS lakesync_repeat \
+                            FROM {STAGE} s WINDOW w AS (PARTITION BY {key} ORDER BY {order})) r \
+             WHERE lakesync_rank = 1 OR lakesync_repeat), \
+              repeated AS (SELECT pg_catalog.format('(%s)=(%s)', $1::pg_catalog.text, \
+                                  pg_catalog.concat_ws(', ', {values})) AS key \
+                           FROM net WHERE lakesync_repeat LIMIT 1), \
               del AS (DELETE FROM {target} t USING net n \
-                      WHERE n.{change_type} IN {GONE} AND {join} RETURNING 1), \
+                      WHERE n.lakesync_rank = 1 AND n.{change_type} IN {GONE} AND {join} \
+                        AND NOT EXISTS (SELECT FROM repeated) RETURNING 1), \
               up AS (INSERT INTO {target} AS t ({cols}) \
-                     SELECT {cols} FROM net WHERE {change_type} NOT IN {GONE} \
+                     SELECT {cols} FROM net WHERE lakesync_rank = 1 \
+                       AND {change_type} NOT IN {GONE} AND NOT EXISTS (SELECT FROM repeated) \
                      ON CONFLICT ({key}) {on_conflict} RETURNING (xmax = 0) AS fresh) \
          SELECT (SELECT count(*) FROM del), count(*) FILTER (WHERE fresh), \
-                count(*) FILTER (WHERE NOT fresh) FROM up",
+                count(*) FILTER (WHERE NOT fresh), (SELECT key FROM repeated) FROM up",
         key = sql.key_list(""),
         target = sql.target,
         join = sql.key_join("t", "n"),
         cols = sql.cols.join(", "),
     );
     let clock = std::time::Instant::now();
-    let (deleted, inserted, updated) = Spi::connect_mut(|c| {
-        let row = c.update(&merge, Some(1), &[])?.first();
+    let names = sql.key.join(", ");
+    let (deleted, inserted, updated, repeated) = Spi::connect_mut(|c| {
+        let row = c.update(&merge, Some(1), &[names.as_str().into()])?.first();
         Ok::<_, pgrx::spi::Error>((
             row.get::<i64>(1)?.unwrap_or(0),
             row.get::<i64>(2)?.unwrap_or(0),
             row.get::<i64>(3)?.unwrap_or(0),
+            row.get::<String>(4)?,
         ))
     })
     .map_err(|e| LakeError::Internal(format!("applying changes to {}: {e}", sql.target)))?;
     pgrx::debug1!("pg_lakesync: {} ms: {merge}", clock.elapsed().as_millis());
+    if let Some(key) = repeated {
+        return Err(LakeError::DuplicateKey {
+            target: target.qualified(),
+            key,
+        });
+    }
     pause_point("apply");
     spi(&format!("DROP TABLE {STAGE}"))?;
     Ok(Applied::Changes(ChangeCounts {
@@ -194,40 +222,6 @@ pub fn apply(target: &TargetName, plan: &ColumnsPlan, parts: Vec<StagePart>) -> 
         deleted: deleted as u64,
         skipped_null_key,
     }))
-}
-
-/// Without timeseries_key a key holds one row: two rows of one key written by the same commit
-/// mean the source repeats the key, which a snapshot would refuse too.
-fn check_duplicates(
-    sql: &Sql,
-    target: &TargetName,
-    change_type: &str,
-    version: &str,
-) -> Result<()> {
-    let names = sql.key.join(", ");
-    let values = sql
-        .key
-        .iter()
-        .map(|k| format!("{k}::pg_catalog.text"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let dup = Spi::get_one_with_args::<String>(
-        &format!(
-            "SELECT (SELECT pg_catalog.format('(%s)=(%s)', $1::pg_catalog.text, pg_catalog.concat_ws(', ', {values})) FROM {STAGE} \
-             WHERE {change_type} IN ('insert', 'update_postimage') \
-             GROUP BY {key}, {version} HAVING count(*) > 1 LIMIT 1)",
-            key = sql.key_list(""),
-        ),
-        &[names.as_str().into()],
-    )
-    .map_err(|e| LakeError::Internal(format!("checking for duplicate keys: {e}")))?;
-    match dup {
-        Some(key) => Err(LakeError::DuplicateKey {
-            target: target.qualified(),
-            key,
-        }),
-        None => Ok(()),
-    }
 }
 
 fn spi(sql: &str) -> Result<u64> {

@@ -8,7 +8,8 @@ use crate::error::{LakeError, Result};
 use crate::options::NullBytes;
 use crate::types::encode::ColumnPlan;
 use crate::types::PgType;
-use arrow::compute::nullif;
+use arrow::compute::{filter_record_batch, nullif};
+use arrow::row::{Row, RowConverter, SortField};
 use arrow_array::cast::AsArray;
 use arrow_array::{BooleanArray, RecordBatch};
 use arrow_schema::Schema;
@@ -16,6 +17,7 @@ use delta_kernel::engine::arrow_data::ArrowEngineData;
 use delta_kernel::schema::DataType;
 use delta_kernel::table_changes::TableChanges;
 use delta_kernel::EngineData;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 /// The change feed's own columns, as the staging table names them.
@@ -236,7 +238,10 @@ pub fn columns_at(source: &DeltaSource, version: i64) -> Result<Vec<String>> {
 }
 
 /// Rows that leave their key (deletes, update pre-images) are only needed for the key, so their
-/// other columns are staged as NULL: update-heavy ranges copy and sort about half as much.
+/// other columns are staged as NULL: update-heavy ranges copy and sort about half as much. A
+/// pre-image whose post-image has the same key in the same commit is not staged at all: the
+/// post-image wins over it in the apply anyway (writers put the two side by side, so looking
+/// within one batch finds nearly all of them; a pair split by a batch boundary is staged).
 fn keys_only_when_gone(
     data: Box<dyn EngineData>,
     key: &[usize],
@@ -248,12 +253,17 @@ fn keys_only_when_gone(
     let Some(types) = batch.column(n - 2).as_string_opt::<i32>() else {
         return Ok(data);
     };
+    let batch = match without_paired_preimages(batch, types, key)? {
+        Some(fewer) => fewer,
+        None => batch.clone(),
+    };
+    let types = batch.column(n - 2).as_string::<i32>();
     let gone: BooleanArray = types
         .iter()
         .map(|t| Some(matches!(t, Some("delete" | "update_preimage"))))
         .collect();
     if gone.true_count() == 0 {
-        return Ok(data);
+        return Ok(Box::new(ArrowEngineData::new(batch)));
     }
     let schema = batch.schema();
     let mut fields = Vec::with_capacity(n);
@@ -269,4 +279,51 @@ fn keys_only_when_gone(
     }
     let slim = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
     Ok(Box::new(ArrowEngineData::new(slim)))
+}
+
+/// `batch` without the update pre-images whose key (in the same commit) has a post-image in
+/// the batch, or None when there are none. Keys compare by their Arrow row encoding: equal bytes
+/// are equal values in Postgres too, so nothing needed is dropped.
+fn without_paired_preimages(
+    batch: &RecordBatch,
+    types: &arrow_array::StringArray,
+    key: &[usize],
+) -> delta_kernel::DeltaResult<Option<RecordBatch>> {
+    if !types.iter().any(|t| t == Some("update_preimage")) {
+        return Ok(None);
+    }
+    let n = batch.num_columns();
+    // Key columns and the commit version (the last column).
+    let mut by = key.to_vec();
+    by.push(n - 1);
+    let fields = by
+        .iter()
+        .map(|&i| SortField::new(batch.schema().field(i).data_type().clone()))
+        .collect();
+    let columns: Vec<_> = by.iter().map(|&i| batch.column(i).clone()).collect();
+    let rows = RowConverter::new(fields)?.convert_columns(&columns)?;
+    let after: HashSet<Row<'_>> = types
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| *t == Some("update_postimage"))
+        .map(|(i, _)| rows.row(i))
+        .collect();
+    if after.is_empty() {
+        return Ok(None);
+    }
+    let keep: BooleanArray = types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            // A pre-image with a NULL key is left for the copy to skip and count.
+            let paired = t == Some("update_preimage")
+                && key.iter().all(|&k| batch.column(k).is_valid(i))
+                && after.contains(&rows.row(i));
+            Some(!paired)
+        })
+        .collect();
+    if keep.true_count() == batch.num_rows() {
+        return Ok(None);
+    }
+    Ok(Some(filter_record_batch(batch, &keep)?))
 }
