@@ -41,6 +41,8 @@ pub enum LakeError {
     },
     /// Two source rows share a primary key.
     DuplicateKey { target: String, key: String },
+    /// Readers held the table longer than the user's lock_timeout allows the swap to wait.
+    SwapLockTimeout { target: String, waited_ms: u64 },
     /// A NUL byte in a string, which Postgres text cannot hold.
     NullByte { column: String, key: String },
     /// A value that does not fit its Postgres column.
@@ -131,6 +133,7 @@ impl LakeError {
             LakeError::Unsupported { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
             LakeError::UndefinedColumn { .. } => ERRCODE_UNDEFINED_COLUMN,
             LakeError::DuplicateKey { .. } => ERRCODE_UNIQUE_VIOLATION,
+            LakeError::SwapLockTimeout { .. } => ERRCODE_LOCK_NOT_AVAILABLE,
             LakeError::NullByte { .. } => ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
             LakeError::OutOfRange { .. } => ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
             LakeError::Permission { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
@@ -185,6 +188,12 @@ impl LakeError {
             LakeError::DuplicateKey { .. } => Some(
                 "Choose a primary key that is unique in the source, or set option \
                  \"timeseries_key\" to keep the latest row of each key."
+                    .into(),
+            ),
+            LakeError::SwapLockTimeout { .. } => Some(
+                "The swap never makes readers queue behind it for long, so it waits for the \
+                 sessions holding the table to finish. Raise lock_timeout, or set it to 0 to \
+                 wait as long as they take."
                     .into(),
             ),
             LakeError::Gap { .. } => Some(
@@ -284,6 +293,11 @@ impl fmt::Display for Plain<'_> {
             LakeError::DuplicateKey { target, key } => write!(
                 f,
                 "duplicate primary key {key} in the source of synced table \"{target}\""
+            ),
+            LakeError::SwapLockTimeout { target, waited_ms } => write!(
+                f,
+                "could not lock synced table \"{target}\" to swap in its new rows: other sessions \
+                 held it for {waited_ms} ms, longer than lock_timeout"
             ),
             LakeError::NullByte { column, key } => write!(
                 f,

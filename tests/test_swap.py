@@ -186,9 +186,15 @@ def test_readers_wait_only_for_the_swap(cluster, db):
     assert longest[0] < max(0.5, took / 3), (longest[0], took)
 
 
+def waiting_to_swap(admin, pid):
+    """The sync is in its lock wait: trying (an Extension wait) or queued briefly (a Lock wait)."""
+    return admin.execute("SELECT wait_event_type IN ('Extension', 'Lock') FROM pg_stat_activity "
+                         "WHERE pid = %s", (pid,)).fetchone()[0]
+
+
 def test_cancel_while_waiting_to_swap(cluster, db):
-    """A reader holding the table past the polite wait: the sync queues; cancelled there, it
-    leaves the table as it was."""
+    """A reader holding the table: the sync waits to swap; cancelled there, it leaves the table
+    as it was."""
     path = table_path()
     write(path, rows_of(100))
     db.execute("SELECT create_synced_table('s', %s, ARRAY['id'])", (path,))
@@ -200,9 +206,7 @@ def test_cancel_while_waiting_to_swap(cluster, db):
     pid = db.execute("SELECT pg_backend_pid()").fetchone()[0]
     with psycopg.connect(cluster.dsn(dbname=db.dbname_), autocommit=True) as admin:
         def cancel():
-            wait_for(lambda: admin.execute(
-                "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s",
-                (pid,)).fetchone()[0], timeout=30)
+            wait_for(lambda: waiting_to_swap(admin, pid), timeout=30)
             admin.execute("SELECT pg_cancel_backend(%s)", (pid,))
         t = threading.Thread(target=cancel)
         t.start()
@@ -215,6 +219,117 @@ def test_cancel_while_waiting_to_swap(cluster, db):
     assert db.execute("SELECT count(*) FROM s").fetchone() == (100,)
     assert db.execute("SELECT rows_loaded FROM sync_now('s')").fetchone() == (101,)
     checked(db, "s")
+
+
+def test_a_long_reader_never_stalls_other_readers(cluster, db):
+    """A reader holding the table for seconds: the sync waits for it, yet readers arriving
+    meanwhile are never queued behind the sync for longer than a brief queued attempt (an
+    ordinary lock request would hold them all until the long reader ends)."""
+    path = table_path()
+    write(path, rows_of(1000))
+    db.execute("SELECT create_synced_table('s', %s, ARRAY['id'])", (path,))
+    write(path, rows_of(1, start=1000))
+    db.execute("SELECT alter_synced_table('s', options => '{\"full_refresh_above\": false}')")
+    holder = psycopg.connect(cluster.dsn(dbname=db.dbname_))
+    holder.execute("SELECT count(*) FROM s")  # holds ACCESS SHARE until it ends
+    pid = db.execute("SELECT pg_backend_pid()").fetchone()[0]
+    longest, probes, stop = [0.0], [0], threading.Event()
+
+    def probe():
+        with psycopg.connect(cluster.dsn(dbname=db.dbname_), autocommit=True) as c:
+            while not stop.is_set():
+                t = time.perf_counter()
+                c.execute("SELECT id FROM s WHERE id = 7").fetchone()
+                longest[0] = max(longest[0], time.perf_counter() - t)
+                probes[0] += 1
+                time.sleep(0.01)
+
+    syncing = threading.Thread(target=lambda: db.execute("SELECT sync_now('s')"))
+    with psycopg.connect(cluster.dsn(dbname=db.dbname_), autocommit=True) as admin:
+        syncing.start()
+        wait_for(lambda: waiting_to_swap(admin, pid), timeout=30)
+        prober = threading.Thread(target=probe)
+        prober.start()
+        time.sleep(6)  # past the first queued attempts
+        held = admin.execute("SELECT state FROM pg_stat_activity WHERE pid = %s",
+                             (pid,)).fetchone()
+        holder.rollback()
+        syncing.join(timeout=30)
+        stop.set()
+        prober.join()
+    holder.close()
+    assert held == ("active",)  # the sync was still waiting for the long reader
+    assert not syncing.is_alive()
+    assert db.execute("SELECT count(*) FROM s").fetchone() == (1001,)
+    assert probes[0] > 50
+    assert longest[0] < 1.0, longest[0]  # a queued attempt lasts 200 ms
+
+
+def test_a_reader_that_waits_for_the_sync_is_a_deadlock_not_a_hang(cluster, db):
+    """A session that read the table and then waits for the sync's own lock would never let go:
+    the sync then queues like any lock request and Postgres' deadlock check ends one of the two."""
+    path = table_path()
+    write(path, rows_of(1000))
+    db.execute("SELECT create_synced_table('s', %s, ARRAY['id'])", (path,))
+    write(path, rows_of(1, start=1000))
+    db.execute("SELECT alter_synced_table('s', options => '{\"full_refresh_above\": false}')")
+    holder = psycopg.connect(cluster.dsn(dbname=db.dbname_))
+    holder.execute("SELECT count(*) FROM s")
+    pid = db.execute("SELECT pg_backend_pid()").fetchone()[0]
+    outcome = {}
+
+    def run_sync():
+        try:
+            outcome["sync"] = db.execute("SELECT rows_loaded FROM sync_now('s')").fetchone()
+        except psycopg.errors.DeadlockDetected:
+            outcome["sync"] = "deadlock"
+
+    syncing = threading.Thread(target=run_sync)
+    t = time.perf_counter()
+    with psycopg.connect(cluster.dsn(dbname=db.dbname_), autocommit=True) as admin:
+        syncing.start()
+        wait_for(lambda: waiting_to_swap(admin, pid), timeout=30)
+        try:
+            # Conflicts with the EXCLUSIVE lock the sync holds while it builds the new table.
+            holder.execute("LOCK TABLE s IN ROW EXCLUSIVE MODE")
+            outcome["holder"] = "locked"
+        except psycopg.errors.DeadlockDetected:
+            outcome["holder"] = "deadlock"
+        holder.rollback()
+        syncing.join(timeout=60)
+    holder.close()
+    took = time.perf_counter() - t
+    assert not syncing.is_alive()
+    assert sorted(outcome.values(), key=str).count("deadlock") == 1, outcome
+    assert took < 20, took
+    count = db.execute("SELECT count(*) FROM s").fetchone()[0]
+    assert count == (1001 if outcome["sync"] != "deadlock" else 1000)
+
+
+def test_lock_timeout_bounds_the_wait_to_swap(cluster, db):
+    path = table_path()
+    write(path, rows_of(100))
+    db.execute("SELECT create_synced_table('s', %s, ARRAY['id'])", (path,))
+    before = filenode(db, "s")
+    write(path, rows_of(1, start=100))
+    db.execute("SELECT alter_synced_table('s', options => '{\"full_refresh_above\": false}')")
+    holder = psycopg.connect(cluster.dsn(dbname=db.dbname_))
+    holder.execute("SELECT count(*) FROM s")
+    db.execute("SET lock_timeout = '3s'")
+    t = time.perf_counter()
+    with pytest.raises(psycopg.errors.LockNotAvailable) as e:
+        db.execute("SELECT sync_now('s')")
+    took = time.perf_counter() - t
+    db.execute("RESET lock_timeout")
+    holder.rollback()
+    holder.close()
+    assert 'synced table "public.s"' in e.value.diag.message_primary
+    assert "lock_timeout" in e.value.diag.message_hint
+    assert 3 <= took < 10, took
+    assert filenode(db, "s") == before
+    assert db.execute("SELECT count(*) FROM s").fetchone() == (100,)
+    assert db.execute("SELECT state FROM lakesync.synced_tables").fetchone() == ("failed",)
+    assert db.execute("SELECT rows_loaded FROM sync_now('s')").fetchone() == (101,)
 
 
 def test_snapshot_resync_applies_only_changed_files_when_few(db):

@@ -34,9 +34,12 @@ unsafe extern "C-unwind" {
     ) -> pg_sys::Oid;
 }
 
-/// How long the swap tries for its lock without queueing (so readers never wait behind it)
-/// before it queues like any other lock request.
-const POLITE_WAIT: Duration = Duration::from_secs(5);
+/// How long the swap only tries for its lock (so readers never wait behind it) before it
+/// first queues for it, and how long it then tries between brief queued attempts.
+const POLITE_WAIT: Duration = Duration::from_secs(2);
+const TRY_BETWEEN_QUEUES: Duration = Duration::from_secs(1);
+/// The longest a queued attempt lasts: the longest a reader ever waits behind the swap.
+const QUEUED_SLICE: Duration = Duration::from_millis(200);
 
 /// Why the target's rows must be replaced in place rather than swapped, if they must.
 pub fn why_in_place(relid: pg_sys::Oid, plan: &ColumnsPlan) -> Result<Option<String>> {
@@ -149,7 +152,7 @@ pub fn load(
         .unwrap_or(0) as u64,
     };
     let counted = clock.elapsed();
-    lock_politely(relid);
+    lock_politely(target, relid)?;
     let locked = clock.elapsed();
     crate::debug::pause_point("swap");
     unsafe {
@@ -326,19 +329,101 @@ pub fn shadow_index_sql(
         })
 }
 
-/// Takes ACCESS EXCLUSIVE on the target for the swap. Until POLITE_WAIT it only tries, so
-/// readers starting meanwhile never queue behind it; then it waits in line like any lock.
-fn lock_politely(relid: pg_sys::Oid) {
+/// Takes ACCESS EXCLUSIVE on the target for the swap without ever making readers wait long.
+/// An ordinary lock request would queue, and every reader arriving after it would queue behind
+/// it until the slowest reader holding the table finished: one long report would stall all
+/// others. So the swap mostly only tries (readers arriving meanwhile go ahead of it), and now and
+/// then queues for at most QUEUED_SLICE, which is the longest a reader waits behind it, so that a
+/// steady stream of short readers cannot starve it. A holder that waits, directly or through
+/// others, for this sync (a writer blocked by the sync's EXCLUSIVE lock, say) would never
+/// finish: then it queues like any lock request and Postgres' deadlock check decides. A
+/// `lock_timeout` set by the user bounds the whole wait.
+fn lock_politely(target: &TargetName, relid: pg_sys::Oid) -> Result<()> {
     let lockmode = pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE;
     let started = Instant::now();
-    while started.elapsed() < POLITE_WAIT {
+    let user_timeout = unsafe { pg_sys::LockTimeout };
+    let deadline = (user_timeout > 0).then(|| Duration::from_millis(user_timeout as u64));
+    let mut next_queue = POLITE_WAIT;
+    loop {
         if unsafe { pg_sys::ConditionalLockRelationOid(relid, lockmode) } {
-            return;
+            return Ok(());
         }
-        pgrx::check_for_interrupts!();
-        std::thread::sleep(Duration::from_millis(2));
+        let waited = started.elapsed();
+        if deadline.is_some_and(|d| waited >= d) {
+            return Err(LakeError::SwapLockTimeout {
+                target: target.qualified(),
+                waited_ms: waited.as_millis() as u64,
+            });
+        }
+        if waited >= next_queue {
+            if holders_wait_for_us(relid)? {
+                pgrx::debug1!(
+                    "pg_lakesync: a reader of {} waits for this sync: queueing for the lock",
+                    target.qualified()
+                );
+                unsafe { pg_sys::LockRelationOid(relid, lockmode) };
+                return Ok(());
+            }
+            if queue_briefly(relid, lockmode)? {
+                return Ok(());
+            }
+            next_queue = started.elapsed() + TRY_BETWEEN_QUEUES;
+        }
+        sleep_interruptibly(Duration::from_millis(2));
     }
-    unsafe { pg_sys::LockRelationOid(relid, lockmode) };
+}
+
+/// Queues for the lock for at most QUEUED_SLICE (as a lock_timeout would, in a subtransaction
+/// so the timeout's error is caught); whether it was granted.
+fn queue_briefly(relid: pg_sys::Oid, lockmode: pg_sys::LOCKMODE) -> Result<bool> {
+    let saved = unsafe { pg_sys::LockTimeout };
+    unsafe { pg_sys::LockTimeout = QUEUED_SLICE.as_millis() as i32 };
+    let attempt = crate::subxact::run(true, || {
+        unsafe { pg_sys::LockRelationOid(relid, lockmode) };
+        Ok(())
+    });
+    unsafe { pg_sys::LockTimeout = saved };
+    match attempt {
+        Ok(done) => done.map(|()| true),
+        Err(e) if crate::subxact::sqlstate(&e) == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE => {
+            Ok(false)
+        }
+        Err(e) => e.rethrow(),
+    }
+}
+
+/// Whether a session holding a lock on `relid` waits for this one, directly or through others.
+fn holders_wait_for_us(relid: pg_sys::Oid) -> Result<bool> {
+    Spi::get_one_with_args::<bool>(
+        "WITH RECURSIVE waits(pid) AS ( \
+             SELECT l.pid FROM pg_catalog.pg_locks l \
+             WHERE l.locktype OPERATOR(pg_catalog.=) 'relation' AND l.granted \
+               AND l.database OPERATOR(pg_catalog.=) (SELECT d.oid FROM pg_catalog.pg_database d \
+                   WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()) \
+               AND l.relation OPERATOR(pg_catalog.=) $1 \
+               AND l.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid() \
+             UNION \
+             SELECT b FROM waits w, pg_catalog.unnest(pg_catalog.pg_blocking_pids(w.pid)) b) \
+         SELECT EXISTS (SELECT FROM waits WHERE pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid())",
+        &[relid.into()],
+    )
+    .map(|found| found.unwrap_or(false))
+    .map_err(|e| LakeError::Internal(format!("cannot see who holds the table: {e}")))
+}
+
+/// Sleeps on the process latch (so pg_stat_activity shows an Extension wait, and a cancel or
+/// terminate ends the sync at once).
+fn sleep_interruptibly(d: Duration) {
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            d.as_millis() as std::ffi::c_long,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+    pgrx::check_for_interrupts!();
 }
 
 unsafe fn toast_of(relid: pg_sys::Oid) -> pg_sys::Oid {
