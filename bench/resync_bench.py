@@ -72,7 +72,12 @@ def timed(cluster, sql, args, table, race=False):
         reader.start()
         reader.probe.start()
         time.sleep(0.2)
+    reader.phases = []
     with psycopg.connect(cluster.dsn(), autocommit=True) as c:
+        # Where a swap's time goes (its debug1 line); the rest is the scan's setup and the commit.
+        c.execute("SET client_min_messages = debug1")
+        c.add_notice_handler(lambda d: reader.phases.append(d.message_primary)
+                             if "swap of" in (d.message_primary or "") else None)
         t = time.perf_counter()
         c.execute(sql, args)
         secs = time.perf_counter() - t
@@ -147,6 +152,7 @@ def bench(cluster, rows, runs):
         resync.append(secs)
         secs, reader = timed(cluster, "SELECT full_refresh(%s)", (name,), name)
         refresh.append(secs)
+        print(f"full_refresh run {run}: {secs:.2f}s; {'; '.join(reader.phases)}", flush=True)
         _, reader = timed(cluster, "SELECT full_refresh(%s)", (name,), name, race=True)
         waits["refresh"].append(reader.longest)
         waits.setdefault("refresh_probe", []).append(reader.probe.longest)

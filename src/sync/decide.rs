@@ -97,10 +97,11 @@ pub fn decide(f: &Facts) -> Decision {
 }
 
 /// Above this share of the table's bytes in change files, applying the changes costs more than a
-/// full refresh that swaps in a new table, or (in place) one that deletes and reinserts every
-/// row: measured in BENCHMARKS.md (W2 and W7), with a margin toward applying changes.
-pub const CROSSOVER_SWAP: f64 = 0.15;
-pub const CROSSOVER_IN_PLACE: f64 = 0.35;
+/// full refresh that swaps in a new table (measured: W2's crossover, 28.6 % of the bytes at
+/// 16 % churn, BENCHMARKS.md), or (in place) one that deletes and reinserts every row (derived:
+/// W7's in-place replace costs 2.6 times a swap, which W2's change costs reach near 43 % churn).
+pub const CROSSOVER_SWAP: f64 = 0.28;
+pub const CROSSOVER_IN_PLACE: f64 = 0.60;
 
 /// Below this many bytes of data files, the measured crossover is not applied: both ways take
 /// milliseconds, and each mode does what it says (TRIGGERED applies changes, SNAPSHOT reads all).
