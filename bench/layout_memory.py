@@ -20,6 +20,8 @@ import snapshot_bench as sb  # noqa: E402
 from pgcluster import Cluster, world_readable_tmpdir  # noqa: E402
 
 ONE_GROUP = WriterProperties(max_row_group_size=1 << 30)
+# The writer splits files at ~100 MiB by default: one file per table, however large.
+ONE_FILE = 1 << 34
 
 
 def one_row_group(path, rows):
@@ -27,7 +29,8 @@ def one_row_group(path, rows):
     tmp = path + "-parts"
     sb.make_table(tmp, rows, files=1)
     from deltalake import DeltaTable
-    write_deltalake(path, DeltaTable(tmp).to_pyarrow_table(), writer_properties=ONE_GROUP)
+    write_deltalake(path, DeltaTable(tmp).to_pyarrow_table(), writer_properties=ONE_GROUP,
+                    target_file_size=ONE_FILE)
 
 
 def wide(path, rows, cols=200):
@@ -43,7 +46,8 @@ def wide(path, rows, cols=200):
             data[f"c{c}"] = pa.array([f"s{x}" for x in rng.integers(0, 1 << 30, rows)])
         else:
             data[f"c{c}"] = pa.array(rng.random(rows) < 0.5)
-    write_deltalake(path, pa.table(data), writer_properties=ONE_GROUP)
+    write_deltalake(path, pa.table(data), writer_properties=ONE_GROUP,
+                    target_file_size=ONE_FILE)
 
 
 def long_strings(path, rows, length):
@@ -51,7 +55,8 @@ def long_strings(path, rows, length):
     rng = np.random.default_rng(2)
     body = [rng.bytes(length // 2).hex() for _ in range(rows)]
     write_deltalake(path, pa.table({"id": np.arange(rows, dtype=np.int64), "doc": body}),
-                    writer_properties=ONE_GROUP)
+                    writer_properties=ONE_GROUP,
+                    target_file_size=ONE_FILE)
 
 
 def file_mib(path):

@@ -364,7 +364,9 @@ fn lock_politely(target: &TargetName, relid: pg_sys::Oid) -> Result<()> {
                 unsafe { pg_sys::LockRelationOid(relid, lockmode) };
                 return Ok(());
             }
-            if queue_briefly(relid, lockmode)? {
+            // Never queued past the user's lock_timeout.
+            let slice = deadline.map_or(QUEUED_SLICE, |d| QUEUED_SLICE.min(d - waited));
+            if queue_briefly(relid, lockmode, slice)? {
                 return Ok(());
             }
             next_queue = started.elapsed() + TRY_BETWEEN_QUEUES;
@@ -373,11 +375,11 @@ fn lock_politely(target: &TargetName, relid: pg_sys::Oid) -> Result<()> {
     }
 }
 
-/// Queues for the lock for at most QUEUED_SLICE (as a lock_timeout would, in a subtransaction
-/// so the timeout's error is caught); whether it was granted.
-fn queue_briefly(relid: pg_sys::Oid, lockmode: pg_sys::LOCKMODE) -> Result<bool> {
+/// Queues for the lock for at most `slice` (as a lock_timeout would, in a subtransaction so the
+/// timeout's error is caught); whether it was granted.
+fn queue_briefly(relid: pg_sys::Oid, lockmode: pg_sys::LOCKMODE, slice: Duration) -> Result<bool> {
     let saved = unsafe { pg_sys::LockTimeout };
-    unsafe { pg_sys::LockTimeout = QUEUED_SLICE.as_millis() as i32 };
+    unsafe { pg_sys::LockTimeout = (slice.as_millis() as i32).max(1) };
     let attempt = crate::subxact::run(true, || {
         unsafe { pg_sys::LockRelationOid(relid, lockmode) };
         Ok(())
