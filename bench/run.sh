@@ -3,18 +3,20 @@
 #   bash bench/run.sh           W1 (1 M and 10 M rows), W2 (10 M rows at 1/10/50 % churn), W4,
 #                               files-mode memory (one new 1 M-row file), and the background
 #                               worker's W3 lag (300 commits) and W5 idle cost, and W6 (1 M rows
-#                               from the S3 emulator vs local disk vs DIY)
+#                               from the S3 emulator vs local disk vs DIY), W7 (re-sync and
+#                               full_refresh vs first load, readers raced), W4b (memory by Parquet
+#                               layout, one 1 GiB file included) and W1c (60-column table)
 #   bash bench/run.sh --quick   the same at 1 M rows (a few minutes)
 #   add --perf                  one run of each path under perf (CPU and page-fault profiles,
 #                               target/bench/<time>-perf/); timings from profiled runs are skewed
 # See BENCHMARKS.md for what each path does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rows=1000000,10000000 changes_rows=10000000 runs=3 perf=() commits=300
+rows=1000000,10000000 changes_rows=10000000 runs=3 perf=() commits=300 layout=
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 for arg in "$@"; do
   case "$arg" in
-    --quick) rows=1000000 changes_rows=1000000 commits=100 ;;
+    --quick) rows=1000000 changes_rows=1000000 commits=100 layout=--quick ;;
     --perf) runs=1 perf=(--perf "target/bench/$stamp-perf") ;;
     *) echo "usage: bash bench/run.sh [--quick] [--perf]" >&2; exit 2 ;;
   esac
@@ -35,5 +37,8 @@ out="target/bench/$stamp.md"
   python3 bench/files_memory.py --rows 1000000 --runs "$runs"
   python3 bench/worker_bench.py --commits "$commits" --big-rows "${rows##*,}"
   python3 bench/store_bench.py --rows 1000000 --runs "$runs"
+  python3 bench/resync_bench.py --rows "${rows##*,}" --runs "$runs"
+  python3 bench/layout_memory.py $layout
+  python3 bench/wide_bench.py --rows 200000 --runs "$runs" "${perf[@]}"
 } 2>&1 | tee "$out"
 echo "results: $out"

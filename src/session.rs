@@ -26,7 +26,9 @@ pub fn with_utf8_client_encoding<T>(f: impl FnOnce() -> Result<T>) -> Result<T> 
     with_settings(&[("client_encoding", "UTF8")], f)
 }
 
-fn with_settings<T>(settings: &[(&str, &str)], f: impl FnOnce() -> Result<T>) -> Result<T> {
+/// Runs `f` with `settings` in place, as `SET LOCAL` inside it would: the session's values are
+/// back when it returns or raises (and at the transaction's abort, whatever happens).
+pub fn with_settings<T>(settings: &[(&str, &str)], f: impl FnOnce() -> Result<T>) -> Result<T> {
     let level = unsafe { pg_sys::NewGUCNestLevel() };
     for (name, value) in settings {
         let (n, v) = (CString::new(*name).unwrap(), CString::new(*value).unwrap());

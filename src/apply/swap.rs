@@ -38,7 +38,8 @@ unsafe extern "C-unwind" {
 /// first queues for it, and how long it then tries between brief queued attempts.
 const POLITE_WAIT: Duration = Duration::from_secs(2);
 const TRY_BETWEEN_QUEUES: Duration = Duration::from_secs(1);
-/// The longest a queued attempt lasts: the longest a reader ever waits behind the swap.
+/// How long the first queued attempt lasts: the longest a reader waits behind the swap, unless
+/// the table is held without a break for longer (then each attempt doubles).
 const QUEUED_SLICE: Duration = Duration::from_millis(200);
 
 /// Why the target's rows must be replaced in place rather than swapped, if they must.
@@ -334,9 +335,10 @@ pub fn shadow_index_sql(
 /// it until the slowest reader holding the table finished: one long report would stall all
 /// others. So the swap mostly only tries (readers arriving meanwhile go ahead of it), and now and
 /// then queues for at most QUEUED_SLICE, which is the longest a reader waits behind it, so that a
-/// steady stream of short readers cannot starve it. A holder that waits, directly or through
+/// steady stream of short readers cannot starve it (nor, as the attempts double, of long ones). A holder that waits, directly or through
 /// others, for this sync (a writer blocked by the sync's EXCLUSIVE lock, say) would never
-/// finish: then it queues like any lock request and Postgres' deadlock check decides. A
+/// finish: then it queues like any lock request and Postgres' deadlock check ends one of the two
+/// (the sync, when the holder waits for the table itself: Postgres sees that at once). A
 /// `lock_timeout` set by the user bounds the whole wait.
 fn lock_politely(target: &TargetName, relid: pg_sys::Oid) -> Result<()> {
     let lockmode = pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE;
@@ -344,6 +346,7 @@ fn lock_politely(target: &TargetName, relid: pg_sys::Oid) -> Result<()> {
     let user_timeout = unsafe { pg_sys::LockTimeout };
     let deadline = (user_timeout > 0).then(|| Duration::from_millis(user_timeout as u64));
     let mut next_queue = POLITE_WAIT;
+    let mut queued = QUEUED_SLICE;
     loop {
         if unsafe { pg_sys::ConditionalLockRelationOid(relid, lockmode) } {
             return Ok(());
@@ -365,26 +368,32 @@ fn lock_politely(target: &TargetName, relid: pg_sys::Oid) -> Result<()> {
                 return Ok(());
             }
             // Never queued past the user's lock_timeout.
-            let slice = deadline.map_or(QUEUED_SLICE, |d| QUEUED_SLICE.min(d - waited));
+            let slice = deadline.map_or(queued, |d| queued.min(d - waited));
             if queue_briefly(relid, lockmode, slice)? {
                 return Ok(());
             }
+            // Holders that never all let go within one attempt (readers that overlap and each
+            // take longer) would starve a fixed one: each attempt waits twice as long as the last.
+            queued = queued.saturating_mul(2);
             next_queue = started.elapsed() + TRY_BETWEEN_QUEUES;
         }
         sleep_interruptibly(Duration::from_millis(2));
     }
 }
 
-/// Queues for the lock for at most `slice` (as a lock_timeout would, in a subtransaction so the
-/// timeout's error is caught); whether it was granted.
+/// Queues for the lock for at most `slice` (as `lock_timeout` set for just this request, in a
+/// subtransaction so the timeout's error is caught); whether it was granted.
 fn queue_briefly(relid: pg_sys::Oid, lockmode: pg_sys::LOCKMODE, slice: Duration) -> Result<bool> {
-    let saved = unsafe { pg_sys::LockTimeout };
-    unsafe { pg_sys::LockTimeout = (slice.as_millis() as i32).max(1) };
-    let attempt = crate::subxact::run(true, || {
-        unsafe { pg_sys::LockRelationOid(relid, lockmode) };
-        Ok(())
-    });
-    unsafe { pg_sys::LockTimeout = saved };
+    let timeout = format!("{}ms", slice.as_millis().max(1));
+    let attempt = crate::session::with_settings(&[("lock_timeout", &timeout)], || {
+        Ok(crate::subxact::run(true, || {
+            unsafe { pg_sys::LockRelationOid(relid, lockmode) };
+            // A timeout that fired as the lock was granted is still pending: raised here, it is
+            // caught below (and the lock let go) instead of failing the sync later.
+            pgrx::check_for_interrupts!();
+            Ok(())
+        }))
+    })?;
     match attempt {
         Ok(done) => done.map(|()| true),
         Err(e) if crate::subxact::sqlstate(&e) == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE => {

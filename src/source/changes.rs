@@ -289,7 +289,7 @@ fn without_paired_preimages(
     types: &arrow_array::StringArray,
     key: &[usize],
 ) -> delta_kernel::DeltaResult<Option<RecordBatch>> {
-    if !types.iter().any(|t| t == Some("update_preimage")) {
+    if key.is_empty() || !types.iter().any(|t| t == Some("update_preimage")) {
         return Ok(None);
     }
     let n = batch.num_columns();
