@@ -192,18 +192,25 @@ def waiting_to_swap(admin, pid):
                          "WHERE pid = %s", (pid,)).fetchone()[0]
 
 
+def held_while_resyncing(cluster, db, rows):
+    """A synced table `s` of `rows` rows with one row more in Delta, to be swapped in, and a
+    session that has read it and so holds ACCESS SHARE until it ends. Returns that session, the
+    table's file before the swap, and the syncing session's pid."""
+    path = table_path()
+    write(path, rows_of(rows))
+    db.execute("SELECT create_synced_table('s', %s, ARRAY['id'])", (path,))
+    before = filenode(db, "s")
+    write(path, rows_of(1, start=rows))
+    db.execute("SELECT alter_synced_table('s', options => '{\"full_refresh_above\": false}')")
+    holder = psycopg.connect(cluster.dsn(dbname=db.dbname_))
+    holder.execute("SELECT count(*) FROM s")
+    return holder, before, db.execute("SELECT pg_backend_pid()").fetchone()[0]
+
+
 def test_cancel_while_waiting_to_swap(cluster, db):
     """A reader holding the table: the sync waits to swap; cancelled there, it leaves the table
     as it was."""
-    path = table_path()
-    write(path, rows_of(100))
-    db.execute("SELECT create_synced_table('s', %s, ARRAY['id'])", (path,))
-    before = filenode(db, "s")
-    write(path, rows_of(1, start=100))
-    db.execute("SELECT alter_synced_table('s', options => '{\"full_refresh_above\": false}')")
-    holder = psycopg.connect(cluster.dsn(dbname=db.dbname_))
-    holder.execute("SELECT count(*) FROM s")  # holds ACCESS SHARE until it ends
-    pid = db.execute("SELECT pg_backend_pid()").fetchone()[0]
+    holder, before, pid = held_while_resyncing(cluster, db, 100)
     with psycopg.connect(cluster.dsn(dbname=db.dbname_), autocommit=True) as admin:
         def cancel():
             wait_for(lambda: waiting_to_swap(admin, pid), timeout=30)
@@ -225,14 +232,7 @@ def test_a_long_reader_never_stalls_other_readers(cluster, db):
     """A reader holding the table for seconds: the sync waits for it, yet readers arriving
     meanwhile are never queued behind the sync for longer than a brief queued attempt (an
     ordinary lock request would hold them all until the long reader ends)."""
-    path = table_path()
-    write(path, rows_of(1000))
-    db.execute("SELECT create_synced_table('s', %s, ARRAY['id'])", (path,))
-    write(path, rows_of(1, start=1000))
-    db.execute("SELECT alter_synced_table('s', options => '{\"full_refresh_above\": false}')")
-    holder = psycopg.connect(cluster.dsn(dbname=db.dbname_))
-    holder.execute("SELECT count(*) FROM s")  # holds ACCESS SHARE until it ends
-    pid = db.execute("SELECT pg_backend_pid()").fetchone()[0]
+    holder, _, pid = held_while_resyncing(cluster, db, 1000)
     longest, probes, stop = [0.0], [0], threading.Event()
 
     def probe():
@@ -268,14 +268,7 @@ def test_a_long_reader_never_stalls_other_readers(cluster, db):
 def test_a_reader_that_waits_for_the_sync_is_a_deadlock_not_a_hang(cluster, db):
     """A session that read the table and then waits for the sync's own lock would never let go:
     the sync then queues like any lock request and Postgres' deadlock check ends one of the two."""
-    path = table_path()
-    write(path, rows_of(1000))
-    db.execute("SELECT create_synced_table('s', %s, ARRAY['id'])", (path,))
-    write(path, rows_of(1, start=1000))
-    db.execute("SELECT alter_synced_table('s', options => '{\"full_refresh_above\": false}')")
-    holder = psycopg.connect(cluster.dsn(dbname=db.dbname_))
-    holder.execute("SELECT count(*) FROM s")
-    pid = db.execute("SELECT pg_backend_pid()").fetchone()[0]
+    holder, _, pid = held_while_resyncing(cluster, db, 1000)
     outcome = {}
 
     def run_sync():
@@ -307,14 +300,7 @@ def test_a_reader_that_waits_for_the_sync_is_a_deadlock_not_a_hang(cluster, db):
 
 
 def test_lock_timeout_bounds_the_wait_to_swap(cluster, db):
-    path = table_path()
-    write(path, rows_of(100))
-    db.execute("SELECT create_synced_table('s', %s, ARRAY['id'])", (path,))
-    before = filenode(db, "s")
-    write(path, rows_of(1, start=100))
-    db.execute("SELECT alter_synced_table('s', options => '{\"full_refresh_above\": false}')")
-    holder = psycopg.connect(cluster.dsn(dbname=db.dbname_))
-    holder.execute("SELECT count(*) FROM s")
+    holder, before, _ = held_while_resyncing(cluster, db, 100)
     db.execute("SET lock_timeout = '3s'")
     t = time.perf_counter()
     with pytest.raises(psycopg.errors.LockNotAvailable) as e:
