@@ -335,11 +335,11 @@ pub fn shadow_index_sql(
 /// it until the slowest reader holding the table finished: one long report would stall all
 /// others. So the swap mostly only tries (readers arriving meanwhile go ahead of it), and now and
 /// then queues for at most QUEUED_SLICE, which is the longest a reader waits behind it, so that a
-/// steady stream of short readers cannot starve it (nor, as the attempts double, of long ones). A holder that waits, directly or through
-/// others, for this sync (a writer blocked by the sync's EXCLUSIVE lock, say) would never
-/// finish: then it queues like any lock request and Postgres' deadlock check ends one of the two
-/// (the sync, when the holder waits for the table itself: Postgres sees that at once). A
-/// `lock_timeout` set by the user bounds the whole wait.
+/// steady stream of short readers cannot starve it (nor, as the attempts double, long ones). A
+/// holder that waits, directly or through others, for this sync (a writer blocked by the sync's
+/// EXCLUSIVE lock, say) would never finish: then it queues like any lock request and Postgres'
+/// deadlock check ends one of the two (the sync, when the holder waits for the table itself:
+/// Postgres sees that at once). A `lock_timeout` set by the user bounds the whole wait.
 fn lock_politely(target: &TargetName, relid: pg_sys::Oid) -> Result<()> {
     let lockmode = pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE;
     let started = Instant::now();
