@@ -140,8 +140,8 @@ pub fn apply(target: &TargetName, plan: &ColumnsPlan, parts: Vec<StagePart>) -> 
     // order such rows are neighbours, so the same sort finds them.
     let repeat = match &sql.timeseries {
         None => format!(
-            "({change_type} NOT IN {GONE} AND lag({change_type} NOT IN {GONE}) OVER w \
-             AND lag({version}) OVER w = {version})"
+            "({change_type} NOT IN {GONE} AND pg_catalog.lag({change_type} NOT IN {GONE}) OVER w \
+             AND pg_catalog.lag({version}) OVER w OPERATOR(pg_catalog.=) {version})"
         ),
         Some(_) => "false".into(),
     };
@@ -174,22 +174,22 @@ pub fn apply(target: &TargetName, plan: &ColumnsPlan, parts: Vec<StagePart>) -> 
         .join(", ");
     let merge = format!(
         "WITH net AS MATERIALIZED ( \
-             SELECT * FROM (SELECT s.*, row_number() OVER w AS lakesync_rank, \
+             SELECT * FROM (SELECT s.*, pg_catalog.row_number() OVER w AS lakesync_rank, \
                                    {repeat} AS lakesync_repeat \
                             FROM {STAGE} s WINDOW w AS (PARTITION BY {key} ORDER BY {order})) r \
-             WHERE lakesync_rank = 1 OR lakesync_repeat), \
+             WHERE lakesync_rank OPERATOR(pg_catalog.=) 1 OR lakesync_repeat), \
               repeated AS (SELECT pg_catalog.format('(%s)=(%s)', $1::pg_catalog.text, \
                                   pg_catalog.concat_ws(', ', {values})) AS key \
                            FROM net WHERE lakesync_repeat LIMIT 1), \
               del AS (DELETE FROM {target} t USING net n \
-                      WHERE n.lakesync_rank = 1 AND n.{change_type} IN {GONE} AND {join} \
+                      WHERE n.lakesync_rank OPERATOR(pg_catalog.=) 1 AND n.{change_type} IN {GONE} AND {join} \
                         AND NOT EXISTS (SELECT FROM repeated) RETURNING 1), \
               up AS (INSERT INTO {target} AS t ({cols}) \
-                     SELECT {cols} FROM net WHERE lakesync_rank = 1 \
+                     SELECT {cols} FROM net WHERE lakesync_rank OPERATOR(pg_catalog.=) 1 \
                        AND {change_type} NOT IN {GONE} AND NOT EXISTS (SELECT FROM repeated) \
                      ON CONFLICT ({key}) {on_conflict} RETURNING (xmax = 0) AS fresh) \
-         SELECT (SELECT count(*) FROM del), count(*) FILTER (WHERE fresh), \
-                count(*) FILTER (WHERE NOT fresh), (SELECT key FROM repeated) FROM up",
+         SELECT (SELECT pg_catalog.count(*) FROM del), pg_catalog.count(*) FILTER (WHERE fresh), \
+                pg_catalog.count(*) FILTER (WHERE NOT fresh), (SELECT key FROM repeated) FROM up",
         key = sql.key_list(""),
         target = sql.target,
         join = sql.key_join("t", "n"),
