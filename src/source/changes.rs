@@ -253,10 +253,7 @@ fn keys_only_when_gone(
     let Some(types) = batch.column(n - 2).as_string_opt::<i32>() else {
         return Ok(data);
     };
-    let batch = match without_paired_preimages(batch, types, key)? {
-        Some(fewer) => fewer,
-        None => batch.clone(),
-    };
+    let batch = without_paired_preimages(batch, types, key)?.unwrap_or_else(|| batch.clone());
     let types = batch.column(n - 2).as_string::<i32>();
     let gone: BooleanArray = types
         .iter()
