@@ -14,6 +14,7 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "credential",
     "read_only",
     "full_refresh_above",
+    "load_workers",
 ];
 
 /// When an incremental sync (or a SNAPSHOT re-sync that could apply only the changed files)
@@ -74,7 +75,12 @@ pub struct SyncOptions {
     /// Whether applications are kept from writing the target (only syncs may).
     pub read_only: bool,
     pub full_refresh_above: Crossover,
+    /// How many background workers share a first load's files (1: the syncing backend alone).
+    pub load_workers: u32,
 }
+
+/// The most background workers one load may use.
+pub const MAX_LOAD_WORKERS: u32 = 16;
 
 impl Default for SyncOptions {
     fn default() -> Self {
@@ -89,6 +95,7 @@ impl Default for SyncOptions {
             credential: None,
             read_only: true,
             full_refresh_above: Crossover::Measured,
+            load_workers: 1,
         }
     }
 }
@@ -221,6 +228,17 @@ impl SyncOptions {
                             ))
                         }
                     };
+                }
+                "load_workers" => {
+                    opts.load_workers = v
+                        .as_u64()
+                        .filter(|n| (1..=MAX_LOAD_WORKERS as u64).contains(n))
+                        .ok_or_else(|| {
+                            LakeError::invalid_with_hint(
+                                format!("option \"load_workers\" must be an integer from 1 to {MAX_LOAD_WORKERS}, not {v}"),
+                                "It is how many background workers share the first load's files; each takes a slot of max_worker_processes.",
+                            )
+                        })? as u32;
                 }
                 other => {
                     return Err(LakeError::invalid_with_hint(

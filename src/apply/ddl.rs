@@ -11,11 +11,6 @@ use pgrx::prelude::*;
 /// is built once, sorted, after the rows are in (`add_primary_key`) — the table is new in this
 /// transaction, so nobody else can see it missing.
 pub fn create_target(target: &TargetName, plan: &ColumnsPlan) -> Result<pg_sys::Oid> {
-    let cols: Vec<String> = plan
-        .columns
-        .iter()
-        .map(|c| format!("{} {}", quote_ident(&c.name), c.pg.sql()))
-        .collect();
     let run = |sql: &str| {
         Spi::run(sql)
             .map_err(|e| LakeError::Internal(format!("cannot create the target table: {e}")))
@@ -33,10 +28,20 @@ pub fn create_target(target: &TargetName, plan: &ColumnsPlan) -> Result<pg_sys::
     run(&format!(
         "CREATE TABLE {} ({})",
         target.qualified(),
-        cols.join(", ")
+        column_defs(plan)
     ))?;
     crate::catalog::relation_oid(&target.qualified())?
         .ok_or_else(|| LakeError::Internal("the new target table is not visible".into()))
+}
+
+/// The target's columns as CREATE TABLE lists them: name and type, in the plan's order.
+pub fn column_defs(plan: &ColumnsPlan) -> String {
+    let cols: Vec<String> = plan
+        .columns
+        .iter()
+        .map(|c| format!("{} {}", quote_ident(&c.name), c.pg.sql()))
+        .collect();
+    cols.join(", ")
 }
 
 /// Adds the primary key to a target `create_target` made; a repeated key in the loaded rows

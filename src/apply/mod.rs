@@ -4,5 +4,6 @@ pub mod changes;
 pub mod copy;
 pub mod ddl;
 pub mod guard;
+pub mod parallel;
 pub mod snapshot;
 pub mod swap;

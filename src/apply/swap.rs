@@ -156,31 +156,7 @@ pub fn load(
     lock_politely(target, relid)?;
     let locked = clock.elapsed();
     crate::debug::pause_point("swap");
-    unsafe {
-        swap_files(relid, shadow);
-        for &(index, shadow_index) in &pairs {
-            swap_files(index, shadow_index);
-        }
-        // The shadow now holds the old files (and, by the swapped links, the old TOAST table):
-        // dropping it removes them at commit.
-        let old_toast = toast_of(shadow);
-        let object = pg_sys::ObjectAddress {
-            classId: pg_sys::RelationRelationId,
-            objectId: shadow,
-            objectSubId: 0,
-        };
-        pg_sys::performDeletion(
-            &object,
-            pg_sys::DropBehavior::DROP_RESTRICT,
-            pg_sys::PERFORM_DELETION_INTERNAL as i32,
-        );
-        pg_sys::CommandCounterIncrement();
-        // The new TOAST table takes the conventional name pg_toast_<table oid>, freed above.
-        let new_toast = toast_of(relid);
-        if new_toast != pg_sys::InvalidOid && old_toast != pg_sys::InvalidOid {
-            rename_toast(relid, new_toast);
-        }
-    }
+    unsafe { take_over(relid, shadow, &pairs) };
     // Where a replace's time goes (client_min_messages = debug1).
     let ms = |d: std::time::Duration| d.as_millis();
     pgrx::debug1!(
@@ -200,6 +176,39 @@ pub fn load(
         skipped_null_key: stats.skipped_null_key,
         superseded: 0,
     })
+}
+
+/// The target `relid` takes the files of `shadow` (heap, TOAST table and the index files of
+/// `pairs`, as (index, its copy)), and the shadow, now holding the old files, is dropped: they go
+/// at commit. The caller holds ACCESS EXCLUSIVE on the target, and the shadow's rows fit it.
+pub(super) unsafe fn take_over(
+    relid: pg_sys::Oid,
+    shadow: pg_sys::Oid,
+    pairs: &[(pg_sys::Oid, pg_sys::Oid)],
+) {
+    swap_files(relid, shadow);
+    for &(index, shadow_index) in pairs {
+        swap_files(index, shadow_index);
+    }
+    // The shadow now holds the old files (and, by the swapped links, the old TOAST table):
+    // dropping it removes them at commit.
+    let old_toast = toast_of(shadow);
+    let object = pg_sys::ObjectAddress {
+        classId: pg_sys::RelationRelationId,
+        objectId: shadow,
+        objectSubId: 0,
+    };
+    pg_sys::performDeletion(
+        &object,
+        pg_sys::DropBehavior::DROP_RESTRICT,
+        pg_sys::PERFORM_DELETION_INTERNAL as i32,
+    );
+    pg_sys::CommandCounterIncrement();
+    // The new TOAST table takes the conventional name pg_toast_<table oid>, freed above.
+    let new_toast = toast_of(relid);
+    if new_toast != pg_sys::InvalidOid && old_toast != pg_sys::InvalidOid {
+        rename_toast(relid, new_toast);
+    }
 }
 
 /// A new, empty heap like the target's (same columns, dropped ones too, same tablespace,

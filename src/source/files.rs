@@ -170,7 +170,7 @@ fn stream(
         null_bytes,
         move |source, names, _expected, _stopped| {
             let data_names = &names[..names.len() - 2];
-            read_files(source, snapshot, paths, data_names, change_type, order)
+            read_files(source, snapshot, paths, data_names, Some((change_type, order)))
         },
         move |source, e| {
             match classify(&source.location, e) {
@@ -186,15 +186,51 @@ fn stream(
     )
 }
 
+/// A scan of exactly the files `paths` of the source's snapshot (a share of a parallel load).
+pub fn start_files(
+    source: DeltaSource,
+    paths: HashSet<String>,
+    columns: Vec<ColumnPlan>,
+    key: Vec<usize>,
+    null_bytes: NullBytes,
+) -> ScanStream {
+    let snapshot = source.snapshot.clone();
+    start_with(
+        source,
+        columns,
+        key,
+        null_bytes,
+        move |source, names, _expected, _stopped| {
+            read_files(source, snapshot, paths, names, None)
+        },
+        |source, e| classify(&source.location, e),
+    )
+}
+
+/// The data files of the source's snapshot: path and size in bytes, in the log's order.
+pub fn list(source: &DeltaSource) -> Result<Vec<(String, i64)>> {
+    let _guard = runtime().enter();
+    let listed = (|| {
+        let scan = source.snapshot.clone().scan_builder().build()?;
+        let mut out = Vec::new();
+        for meta in scan.scan_metadata(source.engine.as_ref())? {
+            out = meta?.visit_scan_files(out, |out: &mut Vec<(String, i64)>, f: ScanFile| {
+                out.push((f.path, f.size))
+            })?;
+        }
+        DeltaResult::Ok(out)
+    })();
+    listed.map_err(|e| classify(&source.location, e))
+}
+
 /// Reads `names` from exactly the files `paths` of `snapshot` (with the deletion vectors they
-/// have there), each batch tagged with a change type and order.
+/// have there), each batch tagged with a change type and order when `tag` says so.
 fn read_files(
     source: &DeltaSource,
     snapshot: SnapshotRef,
     paths: HashSet<String>,
     names: &[&str],
-    change_type: &'static str,
-    order: i64,
+    tag: Option<(&'static str, i64)>,
 ) -> DeltaResult<Batches> {
     fn collect(out: &mut (HashSet<String>, Vec<ScanFile>), f: ScanFile) {
         if out.0.contains(&f.path) {
@@ -260,7 +296,10 @@ fn read_files(
             let rows = batch.num_rows();
             let batch = select(batch, keep.as_deref(), offset)?;
             offset += rows;
-            tag(batch, change_type, order)
+            match tag {
+                Some((change_type, order)) => tagged(batch, change_type, order),
+                None => Ok(Box::new(ArrowEngineData::new(batch)) as Box<dyn EngineData>),
+            }
         }))
     });
     Ok(Box::new(batches))
@@ -278,7 +317,7 @@ fn select(batch: RecordBatch, keep: Option<&[bool]>, offset: usize) -> DeltaResu
 }
 
 /// Appends the change type and order columns the apply step expects.
-fn tag(batch: RecordBatch, change_type: &str, order: i64) -> DeltaResult<Box<dyn EngineData>> {
+fn tagged(batch: RecordBatch, change_type: &str, order: i64) -> DeltaResult<Box<dyn EngineData>> {
     let n = batch.num_rows();
     let mut fields: Vec<Arc<Field>> = batch.schema().fields().iter().cloned().collect();
     fields.push(Arc::new(Field::new(CHANGE_TYPE, ArrowType::Utf8, false)));

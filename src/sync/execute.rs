@@ -77,8 +77,11 @@ impl<'a> Run<'a> {
 #[derive(Clone, Copy)]
 pub enum Load<'a> {
     /// A target created in this transaction: no rows to replace, its key's index is built
-    /// after the rows are in.
-    First,
+    /// after the rows are in. The spec's options and key, for the workers of a parallel load.
+    First {
+        options: &'a serde_json::Value,
+        primary_key: &'a [String],
+    },
     /// Replace the rows of an existing target; `why` says why a table that could have been
     /// synced incrementally was reloaded in full.
     Replace {
@@ -313,7 +316,7 @@ pub fn load_snapshot(
     load: Load,
 ) -> Result<SyncReport> {
     let (from_version, why, replace_existing) = match load {
-        Load::First => (None, None, false),
+        Load::First { .. } => (None, None, false),
         Load::Replace { from_version, why } => (from_version, why, true),
     };
     let _writing = apply::guard::writing(run.relid);
@@ -333,26 +336,47 @@ pub fn load_snapshot(
     run.evolve()?;
     let _on_board = record::board::sync_started(run.relid, source.version());
     let meta = source.clone();
-    let stream = scan::start(
-        source,
-        plan.columns.clone(),
-        plan.key.clone(),
-        run.opts.null_bytes,
-    );
+    let stream = || {
+        scan::start(
+            source,
+            plan.columns.clone(),
+            plan.key.clone(),
+            run.opts.null_bytes,
+        )
+    };
     let into = match (replace_existing, cleared.is_some()) {
         (false, _) => apply::snapshot::Into::New,
         (true, true) => apply::snapshot::Into::Append,
         (true, false) => apply::snapshot::Into::Replace,
     };
-    let loaded = if replace_existing && in_place.is_none() {
+    // A first load shared among workers, where the option asks for it and it can be done.
+    let shared = match load {
+        Load::First {
+            options,
+            primary_key,
+        } if run.opts.load_workers > 1 => {
+            let req = apply::parallel::Request {
+                owner: run.owner,
+                credential: run.opts.credential.as_deref(),
+                options,
+                primary_key,
+                workers: run.opts.load_workers,
+            };
+            apply::parallel::load(run.target, run.relid, plan, &meta, &req)?
+        }
+        _ => None,
+    };
+    let loaded = if let Some(loaded) = shared {
+        loaded
+    } else if replace_existing && in_place.is_none() {
         // Only syncs write a read-only table: the catalog's count is exact.
         let old_rows = match run.opts.read_only {
             true => catalog::synced_rows(&run.target.qualified())?,
             false => None,
         };
-        apply::swap::load(run.target, run.relid, plan, stream, old_rows)?
+        apply::swap::load(run.target, run.relid, plan, stream(), old_rows)?
     } else {
-        apply::snapshot::load(run.target, run.relid, plan, stream, into)?
+        apply::snapshot::load(run.target, run.relid, plan, stream(), into)?
     };
     if let Some(reason) = &in_place {
         pgrx::debug1!(

@@ -101,7 +101,11 @@ fn create_named(
         Vec::new(),
         &plan,
     );
-    execute::load_snapshot(&run, source, &plan, Load::First)
+    let first = Load::First {
+        options: &req.options,
+        primary_key: &req.primary_key,
+    };
+    execute::load_snapshot(&run, source, &plan, first)
 }
 
 /// An incremental mode reading the change feed needs a table that writes one.

@@ -11,6 +11,7 @@
 
 pub mod hooks;
 pub mod launcher;
+pub mod load_worker;
 pub mod schedule;
 pub mod scheduler;
 pub mod sync_worker;
