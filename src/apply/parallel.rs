@@ -759,10 +759,10 @@ fn clean_up(job: &Job, stage: pg_sys::Oid) {
     let dropped = in_transaction(true, || {
         caught(|| {
             let name = Spi::get_one_with_args::<String>(
-                "SELECT pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' \
+                "SELECT (SELECT pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' \
                         OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c.relname) \
                  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
-                 WHERE c.oid OPERATOR(pg_catalog.=) $1 AND c.relname OPERATOR(pg_catalog.=) $2",
+                 WHERE c.oid OPERATOR(pg_catalog.=) $1 AND c.relname OPERATOR(pg_catalog.=) $2)",
                 &[stage.into(), job.stage.as_str().into()],
             )
             .map_err(|e| LakeError::Internal(format!("cannot look up the stage: {e}")))?;
