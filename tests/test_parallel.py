@@ -198,3 +198,24 @@ def test_load_workers_option_is_checked(db, value):
     assert e.value.diag.message_primary.startswith(
         'option "load_workers" must be an integer from 1 to 16')
     assert "max_worker_processes" in e.value.diag.message_hint
+
+
+def test_stage_that_cannot_be_made_means_one_backend(db):
+    path = table_path()
+    files_table(path, 3, 20)
+    db.execute("""CREATE FUNCTION no_stage() RETURNS event_trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands()
+                     WHERE object_identity LIKE '%lakesync_load_%') THEN
+            RAISE EXCEPTION 'no stages here';
+          END IF;
+        END $$""")
+    db.execute("CREATE EVENT TRIGGER no_stage ON ddl_command_end EXECUTE FUNCTION no_stage()")
+    notices = []
+    db.add_notice_handler(lambda n: notices.append(n.message_primary))
+    r = db.execute("SELECT rows_loaded FROM create_synced_table('n', %s, ARRAY['id'], "
+                   "options => '{\"load_workers\": 2}')", (path,)).fetchone()
+    assert r == (60,)
+    assert writers(db, "n") == 1
+    assert any("stage table cannot be created: no stages here" in n for n in notices), notices
+    assert stages(db) == []

@@ -120,12 +120,16 @@ fn why_serial(relid: pg_sys::Oid, plan: &ColumnsPlan, files: usize) -> Option<St
     if unsafe { pg_sys::IsBackgroundWorker } {
         return Some("the sync runs in a background worker".into());
     }
-    let tablespace = unsafe {
+    let (tablespace, persistence) = unsafe {
         let rel = pgrx::PgRelation::open(relid);
-        (*(*rel.as_ptr()).rd_rel).reltablespace
+        let form = (*rel.as_ptr()).rd_rel;
+        ((*form).reltablespace, (*form).relpersistence)
     };
     if tablespace != pg_sys::InvalidOid {
         return Some("the table is not in the database's default tablespace".into());
+    }
+    if persistence != pg_sys::RELPERSISTENCE_PERMANENT as std::ffi::c_char {
+        return Some("the table is temporary or unlogged".into());
     }
     None
 }
@@ -139,6 +143,7 @@ pub fn load(
     source: &DeltaSource,
     req: &Request,
 ) -> Result<Option<LoadResult>> {
+    let clock = std::time::Instant::now();
     let src = source.clone();
     let files = crate::offload::run(move || crate::source::files::list(&src))?;
     if let Some(why) = why_serial(relid, plan, files.len()) {
@@ -203,8 +208,17 @@ pub fn load(
         return Ok(None);
     };
     workers.finished = true;
+    let loaded = clock.elapsed();
     let stage_oid = pg_sys::Oid::from(seg.header().stage.load(Ordering::Acquire));
     take_stage(target, relid, stage_oid, &stage)?;
+    // Where a parallel load's time goes (client_min_messages = debug1).
+    pgrx::debug1!(
+        "pg_lakesync: parallel load of {}: {} workers loaded {rows} rows in {} ms, the stage taken over in {} ms",
+        target.qualified(),
+        workers.handles.len(),
+        loaded.as_millis(),
+        (clock.elapsed() - loaded).as_millis()
+    );
     Ok(Some(LoadResult {
         inserted: rows,
         deleted: 0,
@@ -487,8 +501,14 @@ impl Segment {
         serde_json::from_slice(bytes).ok()
     }
 
-    /// Writes worker `k`'s failure into its slot (truncated to fit), then marks it FAILED.
+    /// Writes worker `k`'s failure into its slot, then marks it FAILED.
     fn fail(&self, k: usize, code: i32, message: &str, detail: &str, hint: &str) {
+        self.write_error(k, code, message, detail, hint);
+        self.slot(k).state.store(FAILED, Ordering::Release);
+    }
+
+    /// Writes a failure into worker `k`'s slot (truncated to fit), its state unchanged.
+    fn write_error(&self, k: usize, code: i32, message: &str, detail: &str, hint: &str) {
         let slot = self.slot(k);
         let mut text = Vec::with_capacity(MESSAGE_BYTES);
         for part in [message, detail, hint] {
@@ -505,7 +525,6 @@ impl Segment {
             std::ptr::copy_nonoverlapping(text.as_ptr(), at, text.len().min(MESSAGE_BYTES));
         }
         slot.sqlstate.store(code, Ordering::Relaxed);
-        slot.state.store(FAILED, Ordering::Release);
     }
 
     /// Worker `k`'s failure: SQLSTATE, message, detail, hint.
@@ -580,7 +599,8 @@ pub fn work(handle: u32, k: usize) {
         match in_transaction(true, || caught(|| create_stage(&job))) {
             Ok(oid) => header.stage.store(u32::from(oid), Ordering::Release),
             Err((code, message, detail, hint)) => {
-                seg.fail(0, code, &message, &detail, &hint);
+                // Not FAILED: the leader then loads by itself (it reads the text for its NOTICE).
+                seg.write_error(0, code, &message, &detail, &hint);
                 header.stage.store(STAGE_FAILED, Ordering::Release);
                 return;
             }
@@ -785,5 +805,34 @@ fn clean_up(job: &Job, stage: pg_sys::Oid) {
             job.schema,
             job.stage
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shares;
+
+    fn files(sizes: &[i64]) -> Vec<(String, i64)> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| (format!("f{i}"), s))
+            .collect()
+    }
+
+    #[test]
+    fn shares_balance_bytes_largest_first() {
+        let got = shares(files(&[10, 70, 20, 30, 40]), 2);
+        // 70 | 40 → 40+30=70 | 70+20=90 | 70+10=80
+        assert_eq!(got, vec![vec!["f1", "f2"], vec!["f4", "f3", "f0"]]);
+    }
+
+    #[test]
+    fn shares_give_every_worker_a_file_and_keep_every_file_once() {
+        let got = shares(files(&[0, 0, 0, 5]), 3);
+        assert!(got.iter().all(|s| !s.is_empty()));
+        let mut all: Vec<_> = got.concat();
+        all.sort();
+        assert_eq!(all, vec!["f0", "f1", "f2", "f3"]);
     }
 }
