@@ -52,6 +52,7 @@ def one_load(cluster, path, name, workers):
         while c.execute("SELECT count(*) FROM pg_stat_activity "
                         "WHERE backend_type = 'pg_lakesync load'").fetchone()[0]:
             time.sleep(0.01)
+        time.sleep(0.5)  # and the postmaster has reaped it
         cpu = cpu_secs(pid) - cpu0 + cpu_secs(postmaster, children=True) - kids0
         c.execute("RESET client_min_messages")
         t = time.perf_counter()

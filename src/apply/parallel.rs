@@ -687,9 +687,7 @@ fn caught<T>(f: impl FnOnce() -> Result<T>) -> std::result::Result<T, Failure> {
 
 fn create_stage(job: &Job) -> Result<pg_sys::Oid> {
     let table = format!("{}.{}", quote_ident(&job.schema), quote_ident(&job.stage));
-    let run = |sql: &str| {
-        Spi::run(sql).map_err(|e| LakeError::Internal(format!("{sql}: {e}")))
-    };
+    let run = |sql: &str| Spi::run(sql).map_err(|e| LakeError::Internal(format!("{sql}: {e}")));
     run("SET LOCAL search_path = pg_catalog, pg_temp")?;
     run("SET LOCAL default_tablespace = ''")?;
     run(&format!("CREATE TABLE {table} ({})", job.column_defs))?;
@@ -728,8 +726,7 @@ fn create_stage(job: &Job) -> Result<pg_sys::Oid> {
 fn fill(job: &Job, k: usize, stage: pg_sys::Oid) -> Result<(u64, u64)> {
     Spi::run("SET LOCAL search_path = pg_catalog, pg_temp")
         .map_err(|e| LakeError::Internal(format!("cannot set search_path: {e}")))?;
-    let location =
-        crate::credentials::locate(&job.source, &job.owner, job.credential.as_deref())?;
+    let location = crate::credentials::locate(&job.source, &job.owner, job.credential.as_deref())?;
     let version = job.version;
     let source = crate::offload::run(move || crate::source::open(&location, Some(version)))?;
     let opts = crate::options::SyncOptions::parse(&job.options)?;

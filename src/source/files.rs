@@ -170,7 +170,13 @@ fn stream(
         null_bytes,
         move |source, names, _expected, _stopped| {
             let data_names = &names[..names.len() - 2];
-            read_files(source, snapshot, paths, data_names, Some((change_type, order)))
+            read_files(
+                source,
+                snapshot,
+                paths,
+                data_names,
+                Some((change_type, order)),
+            )
         },
         move |source, e| {
             match classify(&source.location, e) {
@@ -200,9 +206,7 @@ pub fn start_files(
         columns,
         key,
         null_bytes,
-        move |source, names, _expected, _stopped| {
-            read_files(source, snapshot, paths, names, None)
-        },
+        move |source, names, _expected, _stopped| read_files(source, snapshot, paths, names, None),
         |source, e| classify(&source.location, e),
     )
 }
