@@ -41,21 +41,34 @@ const STAGE_COMMENT: &str =
     "pg_lakesync: stage of a parallel first load (dropped when the load ends)";
 const STAGE_PREFIX: &str = "lakesync_load_";
 
+/// What a segment of ours starts with (a worker started late must not read another's).
+const MAGIC: u32 = 0x4c4b_5031;
 /// Stage states in the header.
 const STAGE_PENDING: u32 = 0;
-const STAGE_FAILED: u32 = u32::MAX;
-/// Slot states.
+const STAGE_MADE: u32 = 1;
+const STAGE_FAILED: u32 = 2;
+/// Slot states. LOADED: the share is in, its transaction waits for the others' to commit
+/// with them. UNFIT: the worker could not prepare (read the source, plan): the leader loads by
+/// itself instead.
 const RUNNING: u32 = 0;
 const DONE: u32 = 1;
 const FAILED: u32 = 2;
+const LOADED: u32 = 3;
+const UNFIT: u32 = 4;
 
 #[repr(C)]
 struct Header {
+    magic: AtomicU32,
     /// Set by the leader once `workers` and the job are written; workers wait for it.
     ready: AtomicU32,
     /// How many workers have a share (those started beyond it exit).
     workers: AtomicU32,
-    /// The stage's OID once worker 0 has committed it; `STAGE_FAILED` if it could not.
+    /// Set when the leader is gone or gave up: waiting workers exit.
+    abandoned: AtomicU32,
+    /// Set by the leader once it took the stage over (its detach then cancels no one).
+    finished: AtomicU32,
+    stage_state: AtomicU32,
+    /// The stage's OID once `stage_state` is STAGE_MADE.
     stage: AtomicU32,
     job_len: AtomicU32,
     slots: [Slot; MAX],
@@ -70,7 +83,7 @@ struct Slot {
     /// A failure as Postgres reported it: SQLSTATE, then message, detail and hint, each ended
     /// by a NUL byte, written before `state` says FAILED.
     sqlstate: AtomicI32,
-    error: [u8; MESSAGE_BYTES],
+    error: std::cell::UnsafeCell<[u8; MESSAGE_BYTES]>,
 }
 
 /// What every worker needs to load its share, as the leader resolved it.
@@ -105,13 +118,27 @@ pub struct Request<'a> {
 
 /// Why a parallel load is not possible here, if it is not (the load then runs in the syncing
 /// backend alone, as with load_workers 1).
-fn why_serial(relid: pg_sys::Oid, plan: &ColumnsPlan, files: usize) -> Option<String> {
-    if plan.timeseries.is_some() {
-        return Some("timeseries_key dedupes through a staging table".into());
-    }
+fn why_serial(relid: pg_sys::Oid, plan: &ColumnsPlan, files: usize) -> Result<Option<String>> {
     if files < 2 {
-        return Some(format!("the Delta table has {files} data file(s)"));
+        return Ok(Some(format!("the Delta table has {files} data file(s)")));
     }
+    // Whatever keeps a full replace from swapping (a trigger, a publication, a logical slot,
+    // wal_level minimal, an event trigger, timeseries_key …) keeps the takeover from it too.
+    if let Some(why) = super::swap::why_in_place(relid, plan)? {
+        return Ok(Some(why));
+    }
+    // An index on the new table (an event trigger's) would not see the stage's rows.
+    let indexed = unsafe {
+        let rel = pgrx::PgRelation::open(relid);
+        (*(*rel.as_ptr()).rd_rel).relhasindex
+    };
+    if indexed {
+        return Ok(Some("the new table already has an index".into()));
+    }
+    Ok(why_serial_here(relid))
+}
+
+fn why_serial_here(relid: pg_sys::Oid) -> Option<String> {
     // The workers' rows become visible to this transaction's later statements only with a
     // new snapshot per statement.
     if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
@@ -146,7 +173,7 @@ pub fn load(
     let clock = std::time::Instant::now();
     let src = source.clone();
     let files = crate::offload::run(move || crate::source::files::list(&src))?;
-    if let Some(why) = why_serial(relid, plan, files.len()) {
+    if let Some(why) = why_serial(relid, plan, files.len())? {
         pgrx::debug1!(
             "pg_lakesync: {} loaded by one backend: {why}",
             target.qualified()
@@ -180,6 +207,15 @@ pub fn load(
     // Fewer workers than wanted only regroup the same paths: room for the most.
     let job_bytes = serde_json::to_vec(&job).map(|j| j.len()).unwrap_or(0) + 1024 + 16 * MAX;
     let seg = Segment::create(job_bytes)?;
+    // However the leader leaves before it took the stage over (an ERROR, a cancel, a FATAL:
+    // its mapping is detached then too), its workers are told and cancelled.
+    unsafe {
+        pg_sys::on_dsm_detach(
+            seg.seg,
+            Some(leader_detached),
+            pg_sys::Datum::from(0usize),
+        )
+    };
     let mut started = Vec::new();
     for k in 0..wanted {
         match launch(seg.handle, k) {
@@ -189,7 +225,7 @@ pub fn load(
     }
     if started.len() < 2 {
         // Those that did start find no share and exit.
-        seg.header().ready.store(1, Ordering::Release);
+        seg.header().abandoned.store(1, Ordering::Release);
         pgrx::debug1!(
             "pg_lakesync: {} loaded by one backend: no free background worker slots (max_worker_processes)",
             target.qualified()
@@ -208,9 +244,10 @@ pub fn load(
         return Ok(None);
     };
     workers.finished = true;
+    seg.header().finished.store(1, Ordering::Release);
     let loaded = clock.elapsed();
     let stage_oid = pg_sys::Oid::from(seg.header().stage.load(Ordering::Acquire));
-    take_stage(target, relid, stage_oid, &stage)?;
+    take_stage(target, relid, stage_oid, &stage, rows)?;
     // Where a parallel load's time goes (client_min_messages = debug1).
     pgrx::debug1!(
         "pg_lakesync: parallel load of {}: {} workers loaded {rows} rows in {} ms, the stage taken over in {} ms",
@@ -271,13 +308,9 @@ impl Drop for Workers<'_> {
         if self.finished {
             return;
         }
-        for (k, w) in self.handles.iter().enumerate() {
-            if self.seg.slot(k).state.load(Ordering::Acquire) == RUNNING {
-                if let Ok(pid) = w.pid() {
-                    unsafe { libc::kill(pid, libc::SIGINT) };
-                }
-            }
-        }
+        // Those waiting see it; those loading are cancelled when the segment is detached
+        // (`leader_detached`), at the latest as the transaction ends.
+        self.seg.header().abandoned.store(1, Ordering::Release);
     }
 }
 
@@ -287,7 +320,7 @@ impl Workers<'_> {
     fn wait(&mut self) -> Result<Option<(u64, u64)>> {
         let header = self.seg.header();
         loop {
-            if header.stage.load(Ordering::Acquire) == STAGE_FAILED {
+            if header.stage_state.load(Ordering::Acquire) == STAGE_FAILED {
                 let (_, message, _, _) = self.seg.error(0);
                 pgrx::notice!("pg_lakesync: loading with one backend: the parallel load's stage table cannot be created: {message}");
                 return Ok(None);
@@ -298,13 +331,21 @@ impl Workers<'_> {
                 match slot.state.load(Ordering::Acquire) {
                     DONE => done += 1,
                     FAILED => self.seg.raise(k),
+                    UNFIT => {
+                        // What the workers cannot see (a credential or grant of this
+                        // transaction, say), the leader can: it loads by itself.
+                        let (_, message, _, _) = self.seg.error(k);
+                        pgrx::notice!("pg_lakesync: loading with one backend: load worker {k} cannot read the source: {message}");
+                        header.abandoned.store(1, Ordering::Release);
+                        return Ok(None);
+                    }
                     _ => {
                         let gone = matches!(
                             w.pid(),
                             Err(pgrx::bgworkers::BackgroundWorkerStatus::Stopped)
                         );
                         // Its last word may have come just before it exited.
-                        if gone && slot.state.load(Ordering::Acquire) == RUNNING {
+                        if gone && matches!(slot.state.load(Ordering::Acquire), RUNNING | LOADED) {
                             return Err(LakeError::Internal(format!(
                                 "load worker {k} of the parallel load ended without finishing its share (see the server log)"
                             )));
@@ -339,6 +380,7 @@ fn take_stage(
     relid: pg_sys::Oid,
     stage: pg_sys::Oid,
     name: &str,
+    rows: u64,
 ) -> Result<()> {
     unsafe { pg_sys::LockRelationOid(stage, pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE) };
     let problem = Spi::get_one_with_args::<String>(
@@ -351,6 +393,7 @@ fn take_stage(
              OR s.reltablespace OPERATOR(pg_catalog.<>) t.reltablespace OR s.relam OPERATOR(pg_catalog.<>) t.relam \
              THEN 'it is not the table the load made' \
            WHEN EXISTS (SELECT 1 FROM pg_catalog.aclexplode(s.relacl) a WHERE a.grantee OPERATOR(pg_catalog.<>) s.relowner) \
+             OR EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) s.oid AND a.attacl IS NOT NULL) \
              THEN 'it was granted to another role' \
            WHEN EXISTS (SELECT a.attnum, a.attname, a.atttypid, a.atttypmod, a.attcollation, a.attisdropped \
                           FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) s.oid AND a.attnum OPERATOR(pg_catalog.>) 0 \
@@ -378,25 +421,35 @@ fn take_stage(
             target.qualified()
         )));
     }
-    unsafe { super::swap::take_over(relid, stage, &[]) };
+    unsafe {
+        super::swap::take_over(relid, stage, &[]);
+        // The workers' inserts were counted for the stage: count them for the table, so that
+        // autovacuum analyzes (and later vacuums) it as after any load.
+        let rel = pgrx::PgRelation::open(relid);
+        pg_sys::pgstat_count_heap_insert(rel.as_ptr(), rows as pg_sys::PgStat_Counter);
+    }
     Ok(())
 }
 
 /// Drops the stages in `schema` that no load is using any more: made by this extension (its
 /// comment), owned by a role this one is a member of, and named after a transaction that is no
-/// longer running (their worker 0 died before it could drop them).
+/// longer running (their worker 0 died before it could drop them). One that is in use, or will
+/// not go (a view on it, say), is left for a later load, logged.
 fn drop_orphans(schema: &str) -> Result<()> {
-    let orphans: Vec<String> = Spi::connect(|c| {
+    // CASE: the name is tested before pg_xact_status reads it (a future XID is an ERROR).
+    let orphans: Vec<(pg_sys::Oid, String)> = Spi::connect(|c| {
         let rows = c.select(
-            "SELECT pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' \
-                    OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c.relname) \
+            "SELECT c.oid, c.relname::pg_catalog.text \
              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
              WHERE n.nspname OPERATOR(pg_catalog.=) $1 AND c.relkind OPERATOR(pg_catalog.=) 'r' \
-               AND c.relname OPERATOR(pg_catalog.~) $2 \
-               AND pg_catalog.pg_has_role(c.relowner, 'USAGE') \
-               AND pg_catalog.obj_description(c.oid, 'pg_class') OPERATOR(pg_catalog.=) $3 \
-               AND pg_catalog.pg_xact_status(pg_catalog.substr(c.relname, $4)::pg_catalog.xid8) \
-                   IS DISTINCT FROM 'in progress'",
+               AND CASE WHEN c.relname OPERATOR(pg_catalog.~) $2 \
+                          AND pg_catalog.pg_has_role(c.relowner, 'USAGE') \
+                          AND pg_catalog.obj_description(c.oid, 'pg_class') OPERATOR(pg_catalog.=) $3 \
+                          AND pg_catalog.substr(c.relname, $4)::pg_catalog.numeric \
+                              OPERATOR(pg_catalog.<) pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::pg_catalog.text::pg_catalog.numeric \
+                   THEN pg_catalog.pg_xact_status(pg_catalog.substr(c.relname, $4)::pg_catalog.xid8) \
+                        IS DISTINCT FROM 'in progress' \
+                   ELSE false END",
             None,
             &[
                 schema.into(),
@@ -407,17 +460,62 @@ fn drop_orphans(schema: &str) -> Result<()> {
         )?;
         let mut out = Vec::new();
         for r in rows {
-            out.extend(r.get::<String>(1)?);
+            if let (Some(oid), Some(name)) = (r.get::<pg_sys::Oid>(1)?, r.get::<String>(2)?) {
+                out.push((oid, name));
+            }
         }
         Ok::<_, pgrx::spi::Error>(out)
     })
     .map_err(|e| LakeError::Internal(format!("cannot look for orphaned load stages: {e}")))?;
-    for table in orphans {
-        pgrx::log!("pg_lakesync: dropping {table}, the stage of a parallel load that ended without cleaning up");
-        Spi::run(&format!("DROP TABLE IF EXISTS {table}"))
-            .map_err(|e| LakeError::Internal(format!("cannot drop {table}: {e}")))?;
+    for (oid, name) in orphans {
+        let dropped = crate::subxact::run(true, || Ok(unsafe { drop_relation(oid, false) }));
+        match dropped {
+            Ok(Ok(true)) => pgrx::log!(
+                "pg_lakesync: dropped {schema}.{name}, the stage of a parallel load that ended without cleaning up"
+            ),
+            Ok(_) => pgrx::log!(
+                "pg_lakesync: {schema}.{name}, the stage of an ended parallel load, is in use: left for later"
+            ),
+            Err(e) => pgrx::log!(
+                "pg_lakesync: cannot drop {schema}.{name}, the stage of an ended parallel load: {}",
+                crate::subxact::message(&e)
+            ),
+        }
     }
     Ok(())
+}
+
+/// Drops the relation `oid` if it still exists once its ACCESS EXCLUSIVE lock is held (by OID
+/// under the lock: no name to race, no event trigger); whether it did. Without `wait`, only if
+/// the lock is free now.
+unsafe fn drop_relation(oid: pg_sys::Oid, wait: bool) -> bool {
+    let mode = pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE;
+    if wait {
+        pg_sys::LockRelationOid(oid, mode);
+    } else if !pg_sys::ConditionalLockRelationOid(oid, mode) {
+        return false;
+    }
+    pg_sys::AcceptInvalidationMessages();
+    let tuple = pg_sys::SearchSysCache1(
+        pg_sys::SysCacheIdentifier::RELOID as i32,
+        pg_sys::Datum::from(oid),
+    );
+    if tuple.is_null() {
+        return false;
+    }
+    pg_sys::ReleaseSysCache(tuple);
+    let object = pg_sys::ObjectAddress {
+        classId: pg_sys::RelationRelationId,
+        objectId: oid,
+        objectSubId: 0,
+    };
+    pg_sys::performDeletion(
+        &object,
+        pg_sys::DropBehavior::DROP_RESTRICT,
+        pg_sys::PERFORM_DELETION_INTERNAL as i32,
+    );
+    pg_sys::CommandCounterIncrement();
+    true
 }
 
 /// The dynamic shared memory of one parallel load, as the leader or a worker maps it.
@@ -437,6 +535,7 @@ impl Segment {
             let seg = pg_sys::dsm_create(size, 0);
             let addr = pg_sys::dsm_segment_address(seg) as *mut u8;
             std::ptr::write_bytes(addr, 0, std::mem::size_of::<Header>());
+            (*(addr as *const Header)).magic.store(MAGIC, Ordering::Release);
             Ok(Segment {
                 seg,
                 handle: pg_sys::dsm_segment_handle(seg),
@@ -461,6 +560,13 @@ impl Segment {
         }
     }
 
+    /// Where the job's JSON lies: after the header, in the segment's own bytes.
+    fn job_area(&self) -> *mut u8 {
+        unsafe {
+            (pg_sys::dsm_segment_address(self.seg) as *mut u8).add(std::mem::size_of::<Header>())
+        }
+    }
+
     fn header(&self) -> &Header {
         unsafe { &*(pg_sys::dsm_segment_address(self.seg) as *const Header) }
     }
@@ -480,7 +586,7 @@ impl Segment {
         }
         let header = self.header();
         unsafe {
-            let at = (header as *const Header as *mut u8).add(std::mem::size_of::<Header>());
+            let at = self.job_area();
             std::ptr::copy_nonoverlapping(json.as_ptr(), at, json.len());
         }
         header.job_len.store(json.len() as u32, Ordering::Relaxed);
@@ -495,16 +601,10 @@ impl Segment {
         let header = self.header();
         let len = header.job_len.load(Ordering::Acquire) as usize;
         let bytes = unsafe {
-            let at = (header as *const Header as *const u8).add(std::mem::size_of::<Header>());
+            let at = self.job_area() as *const u8;
             std::slice::from_raw_parts(at, len)
         };
         serde_json::from_slice(bytes).ok()
-    }
-
-    /// Writes worker `k`'s failure into its slot, then marks it FAILED.
-    fn fail(&self, k: usize, code: i32, message: &str, detail: &str, hint: &str) {
-        self.write_error(k, code, message, detail, hint);
-        self.slot(k).state.store(FAILED, Ordering::Release);
     }
 
     /// Writes a failure into worker `k`'s slot (truncated to fit), its state unchanged.
@@ -521,7 +621,7 @@ impl Segment {
             text.push(0);
         }
         unsafe {
-            let at = slot.error.as_ptr() as *mut u8;
+            let at = slot.error.get() as *mut u8;
             std::ptr::copy_nonoverlapping(text.as_ptr(), at, text.len().min(MESSAGE_BYTES));
         }
         slot.sqlstate.store(code, Ordering::Relaxed);
@@ -530,8 +630,9 @@ impl Segment {
     /// Worker `k`'s failure: SQLSTATE, message, detail, hint.
     fn error(&self, k: usize) -> (i32, String, String, String) {
         let slot = self.slot(k);
-        let mut parts = slot
-            .error
+        // Read only after `state` (or `stage_state`) said it was written.
+        let bytes = unsafe { &*slot.error.get() };
+        let mut parts = bytes
             .split(|&b| b == 0)
             .map(|p| String::from_utf8_lossy(p).into_owned());
         (
@@ -575,8 +676,12 @@ pub fn work(handle: u32, k: usize) {
         return;
     };
     let header = seg.header();
-    while header.ready.load(Ordering::Acquire) == 0 {
-        nap();
+    if header.magic.load(Ordering::Acquire) != MAGIC {
+        pgrx::log!("pg_lakesync: load worker {k}: the load is gone");
+        return;
+    }
+    if !wait_until(header, || header.ready.load(Ordering::Acquire) != 0) {
+        return;
     }
     if k >= header.workers.load(Ordering::Acquire) as usize {
         return; // started, but the load went on without this worker
@@ -587,7 +692,17 @@ pub fn work(handle: u32, k: usize) {
     };
     seg.slot(k)
         .pid
-        .store(unsafe { pg_sys::MyProcPid }, Ordering::Relaxed);
+        .store(unsafe { pg_sys::MyProcPid }, Ordering::Release);
+    // No timeout of the server's or the database's may end a wait the leader counts on.
+    in_transaction(false, || {
+        for setting in [
+            "lock_timeout",
+            "statement_timeout",
+            "idle_in_transaction_session_timeout",
+        ] {
+            let _ = Spi::run(&format!("SET {setting} = 0"));
+        }
+    });
     // The syncing role's rights from here on: it owns the stage and what is read is its to read.
     unsafe {
         pg_sys::SetUserIdAndSecContext(
@@ -597,33 +712,114 @@ pub fn work(handle: u32, k: usize) {
     }
     if k == 0 {
         match in_transaction(true, || caught(|| create_stage(&job))) {
-            Ok(oid) => header.stage.store(u32::from(oid), Ordering::Release),
+            Ok(oid) => {
+                header.stage.store(u32::from(oid), Ordering::Relaxed);
+                header.stage_state.store(STAGE_MADE, Ordering::Release);
+            }
             Err((code, message, detail, hint)) => {
                 // Not FAILED: the leader then loads by itself (it reads the text for its NOTICE).
                 seg.write_error(0, code, &message, &detail, &hint);
-                header.stage.store(STAGE_FAILED, Ordering::Release);
+                header.stage_state.store(STAGE_FAILED, Ordering::Release);
                 return;
             }
         }
-    } else {
-        while header.stage.load(Ordering::Acquire) == STAGE_PENDING {
-            nap();
+    } else if !wait_until(header, || {
+        header.stage_state.load(Ordering::Acquire) != STAGE_PENDING
+    }) {
+        return;
+    }
+    if header.stage_state.load(Ordering::Acquire) != STAGE_MADE {
+        return;
+    }
+    let stage = pg_sys::Oid::from(header.stage.load(Ordering::Relaxed));
+    let slot = seg.slot(k);
+    let outcome = in_transaction(true, || {
+        let prepared = match caught(|| prepare(&job, k)) {
+            Ok(p) => p,
+            Err(f) => return Err((UNFIT, f)),
+        };
+        caught(|| {
+            let (rows, skipped) = copy_share(&job, k, stage, prepared)?;
+            slot.rows.store(rows, Ordering::Relaxed);
+            slot.skipped.store(skipped, Ordering::Relaxed);
+            slot.state.store(LOADED, Ordering::Release);
+            // Commit with the others, not before: a snapshot taken meanwhile sees all of the
+            // shares or none (but for the moments between the commits).
+            all_loaded(&seg)
+        })
+        .map_err(|f| (FAILED, f))
+    });
+    match outcome {
+        Ok(()) => slot.state.store(DONE, Ordering::Release),
+        // Another's failure, or the leader gave up: this share was rolled back; its state stays.
+        Err((_, f)) if slot.state.load(Ordering::Acquire) == LOADED => {
+            pgrx::debug1!("pg_lakesync: load worker {k} rolled back its share: {}", f.1)
+        }
+        Err((state, (code, message, detail, hint))) => {
+            seg.write_error(k, code, &message, &detail, &hint);
+            slot.state.store(state, Ordering::Release);
         }
     }
-    let stage = header.stage.load(Ordering::Acquire);
-    if stage != STAGE_FAILED {
-        let stage = pg_sys::Oid::from(stage);
-        match in_transaction(true, || caught(|| fill(&job, k, stage))) {
-            Ok((rows, skipped)) => {
-                let slot = seg.slot(k);
-                slot.rows.store(rows, Ordering::Relaxed);
-                slot.skipped.store(skipped, Ordering::Relaxed);
-                slot.state.store(DONE, Ordering::Release);
-            }
-            Err((code, message, detail, hint)) => seg.fail(k, code, &message, &detail, &hint),
+    if k == 0 {
+        clean_up(&job, stage);
+    }
+}
+
+/// Waits until `ready` holds; false when the leader gave up (or left) first.
+fn wait_until(header: &Header, ready: impl Fn() -> bool) -> bool {
+    loop {
+        if ready() {
+            return true;
         }
-        if k == 0 {
-            clean_up(&job, stage);
+        if header.abandoned.load(Ordering::Acquire) != 0 {
+            return false;
+        }
+        nap();
+    }
+}
+
+/// Waits until every worker has loaded its share; an error when one failed or the leader left.
+fn all_loaded(seg: &Segment) -> Result<()> {
+    let header = seg.header();
+    let n = header.workers.load(Ordering::Acquire) as usize;
+    loop {
+        let mut loaded = 0;
+        for k in 0..n {
+            match seg.slot(k).state.load(Ordering::Acquire) {
+                LOADED | DONE => loaded += 1,
+                FAILED | UNFIT => {
+                    return Err(LakeError::Internal(format!(
+                        "load worker {k} of the parallel load failed"
+                    )))
+                }
+                _ => {}
+            }
+        }
+        if loaded == n {
+            return Ok(());
+        }
+        if header.abandoned.load(Ordering::Acquire) != 0 {
+            return Err(LakeError::Internal(
+                "the sync of the parallel load ended".into(),
+            ));
+        }
+        nap();
+    }
+}
+
+/// The leader's segment is detached before it took the stage over — its load failed, was
+/// cancelled, or its backend is exiting: tell the workers, and cancel those still loading.
+#[pg_guard]
+unsafe extern "C-unwind" fn leader_detached(seg: *mut pg_sys::dsm_segment, _arg: pg_sys::Datum) {
+    let header = &*(pg_sys::dsm_segment_address(seg) as *const Header);
+    if header.finished.load(Ordering::Acquire) != 0 {
+        return;
+    }
+    header.abandoned.store(1, Ordering::Release);
+    for slot in &header.slots {
+        let pid = slot.pid.load(Ordering::Acquire);
+        if pid > 0 && slot.state.load(Ordering::Acquire) == RUNNING {
+            libc::kill(pid, libc::SIGINT);
         }
     }
 }
@@ -690,7 +886,7 @@ fn create_stage(job: &Job) -> Result<pg_sys::Oid> {
     let run = |sql: &str| Spi::run(sql).map_err(|e| LakeError::Internal(format!("{sql}: {e}")));
     run("SET LOCAL search_path = pg_catalog, pg_temp")?;
     run("SET LOCAL default_tablespace = ''")?;
-    run(&format!("CREATE TABLE {table} ({})", job.column_defs))?;
+    run(&format!("CREATE TABLE {table} ({}) USING heap", job.column_defs))?;
     run(&format!(
         "COMMENT ON TABLE {table} IS {}",
         pgrx::spi::quote_literal(STAGE_COMMENT)
@@ -722,11 +918,19 @@ fn create_stage(job: &Job) -> Result<pg_sys::Oid> {
         .ok_or_else(|| LakeError::Internal("the stage table is not visible".into()))
 }
 
-/// COPYs worker `k`'s share of the files into the stage: the rows and NULL-key rows skipped.
-fn fill(job: &Job, k: usize, stage: pg_sys::Oid) -> Result<(u64, u64)> {
+/// What a worker reads its share with: the source at the sync's version, and the columns as
+/// the sync planned them.
+struct Prepared {
+    source: DeltaSource,
+    plan: ColumnsPlan,
+    null_bytes: crate::options::NullBytes,
+}
+
+fn prepare(job: &Job, k: usize) -> Result<Prepared> {
     Spi::run("SET LOCAL search_path = pg_catalog, pg_temp")
         .map_err(|e| LakeError::Internal(format!("cannot set search_path: {e}")))?;
-    let location = crate::credentials::locate(&job.source, &job.owner, job.credential.as_deref())?;
+    let location =
+        crate::credentials::locate(&job.source, &job.owner, job.credential.as_deref())?;
     let version = job.version;
     let source = crate::offload::run(move || crate::source::open(&location, Some(version)))?;
     let opts = crate::options::SyncOptions::parse(&job.options)?;
@@ -738,13 +942,23 @@ fn fill(job: &Job, k: usize, stage: pg_sys::Oid) -> Result<(u64, u64)> {
             job.columns
         )));
     }
+    Ok(Prepared {
+        source,
+        plan,
+        null_bytes: opts.null_bytes,
+    })
+}
+
+/// COPYs worker `k`'s share of the files into the stage: the rows and NULL-key rows skipped.
+fn copy_share(job: &Job, k: usize, stage: pg_sys::Oid, p: Prepared) -> Result<(u64, u64)> {
+    let names: Vec<String> = p.plan.columns.iter().map(|c| c.name.clone()).collect();
     let paths: HashSet<String> = job.shares[k].iter().cloned().collect();
     let stream = crate::source::files::start_files(
-        source,
+        p.source,
         paths,
-        plan.columns.clone(),
-        plan.key.clone(),
-        opts.null_bytes,
+        p.plan.columns.clone(),
+        p.plan.key.clone(),
+        p.null_bytes,
     );
     let (rows, stats) = super::copy::copy_from_stream(stage, &names, stream)?;
     Ok((rows, stats.skipped_null_key))
@@ -753,42 +967,39 @@ fn fill(job: &Job, k: usize, stage: pg_sys::Oid) -> Result<(u64, u64)> {
 /// Worker 0, its share loaded: waits for the syncing transaction to end, then drops the stage
 /// if it is still there (the sync did not take it over: it failed, was cancelled or died).
 fn clean_up(job: &Job, stage: pg_sys::Oid) {
-    // A cancel (the leader's, sent as this worker finished) only interrupts the wait.
-    let canceled = PgSqlErrorCode::ERRCODE_QUERY_CANCELED as i32;
-    while let Err((code, message, _, _)) = in_transaction(false, || {
-        caught(|| {
-            unsafe {
-                pg_sys::XactLockTableWait(
-                    pg_sys::TransactionId::from_inner(job.leader_xid),
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    pg_sys::XLTW_Oper::XLTW_None,
-                )
-            };
-            Ok(())
-        })
-    }) {
-        if code != canceled {
-            pgrx::log!("pg_lakesync: load worker 0 cannot wait for its sync to end: {message}");
-            break;
+    let leader = pg_sys::TransactionId::from_inner(job.leader_xid);
+    // Never while the sync's transaction runs: a cancel or an error only interrupts the wait.
+    while in_transaction(true, || unsafe { pg_sys::TransactionIdIsInProgress(leader) }) {
+        let waited = in_transaction(false, || {
+            caught(|| {
+                unsafe {
+                    pg_sys::XactLockTableWait(
+                        leader,
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                        pg_sys::XLTW_Oper::XLTW_None,
+                    )
+                };
+                Ok(())
+            })
+        });
+        if let Err((_, message, _, _)) = waited {
+            pgrx::debug1!("pg_lakesync: load worker 0 waits again for its sync to end: {message}");
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
+    // The leader's cancel is for the load, not for this: a late one must not stop the drop.
+    unsafe { pg_sys::QueryCancelPending = 0 };
     let dropped = in_transaction(true, || {
         caught(|| {
-            let name = Spi::get_one_with_args::<String>(
-                "SELECT (SELECT pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' \
-                        OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c.relname) \
-                 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+            // Only the table worker 0 made: the OID still has the stage's name.
+            let ours = Spi::get_one_with_args::<bool>(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c \
                  WHERE c.oid OPERATOR(pg_catalog.=) $1 AND c.relname OPERATOR(pg_catalog.=) $2)",
                 &[stage.into(), job.stage.as_str().into()],
             )
             .map_err(|e| LakeError::Internal(format!("cannot look up the stage: {e}")))?;
-            if let Some(table) = name {
-                Spi::run(&format!("DROP TABLE IF EXISTS {table}"))
-                    .map_err(|e| LakeError::Internal(format!("cannot drop {table}: {e}")))?;
-                return Ok(true);
-            }
-            Ok(false)
+            Ok(ours == Some(true) && unsafe { drop_relation(stage, true) })
         })
     });
     match dropped {
