@@ -53,6 +53,9 @@ def test_parallel_load_matches_serial_load(db):
     assert db.execute("SELECT reltoastrelid::regclass::text FROM pg_class WHERE oid = %s",
                       (oid,)).fetchone() == (f"pg_toast.pg_toast_{oid}",)
     assert stages(db) == []
+    # Its inserts count for autovacuum (and auto-analyze) as those of any load do.
+    assert wait_for(lambda: db.execute(
+        "SELECT n_tup_ins FROM pg_stat_user_tables WHERE relname = 'p'").fetchone() == (2000,))
     db.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
     db.execute("SELECT bt_index_check('p_pkey'::regclass, true)")
     # The synced table goes on like any other: a re-sync, read-only to applications.
@@ -171,6 +174,37 @@ def test_cancel_stops_workers_and_cleans_up(db, cluster):
              timeout=30)
     assert stages(db) == []
     assert db.execute("SELECT to_regclass('c')").fetchone() == (None,)
+
+
+def test_terminated_sync_stops_workers_and_cleans_up(db):
+    path = table_path()
+    files_table(path, 4, 150_000)
+    leader = psycopg.connect(db.info.dsn, autocommit=True)
+    pid = leader.info.backend_pid
+    failure = []
+
+    def load():
+        try:
+            leader.execute("SELECT create_synced_table('k', %s, ARRAY['id'], "
+                           "options => '{\"load_workers\": 2}')", (path,))
+        except psycopg.Error as e:
+            failure.append(e)
+
+    t = threading.Thread(target=load)
+    t.start()
+    assert wait_for(lambda: db.execute("SELECT count(*) FROM pg_stat_activity WHERE "
+                                       "backend_type = 'pg_lakesync load'").fetchone()[0] == 2,
+                    timeout=30)
+    time.sleep(0.3)
+    db.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    t.join(60)
+    leader.close()
+    assert failure
+    assert wait_for(lambda: db.execute("SELECT count(*) FROM pg_stat_activity WHERE "
+                                       "backend_type = 'pg_lakesync load'").fetchone()[0] == 0,
+                    timeout=30)
+    assert stages(db) == []
+    assert db.execute("SELECT to_regclass('k')").fetchone() == (None,)
 
 
 def test_orphaned_stage_is_dropped_by_the_next_load(db):

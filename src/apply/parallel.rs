@@ -209,13 +209,7 @@ pub fn load(
     let seg = Segment::create(job_bytes)?;
     // However the leader leaves before it took the stage over (an ERROR, a cancel, a FATAL:
     // its mapping is detached then too), its workers are told and cancelled.
-    unsafe {
-        pg_sys::on_dsm_detach(
-            seg.seg,
-            Some(leader_detached),
-            pg_sys::Datum::from(0usize),
-        )
-    };
+    unsafe { pg_sys::on_dsm_detach(seg.seg, Some(leader_detached), pg_sys::Datum::from(0usize)) };
     let mut started = Vec::new();
     for k in 0..wanted {
         match launch(seg.handle, k) {
@@ -535,7 +529,9 @@ impl Segment {
             let seg = pg_sys::dsm_create(size, 0);
             let addr = pg_sys::dsm_segment_address(seg) as *mut u8;
             std::ptr::write_bytes(addr, 0, std::mem::size_of::<Header>());
-            (*(addr as *const Header)).magic.store(MAGIC, Ordering::Release);
+            (*(addr as *const Header))
+                .magic
+                .store(MAGIC, Ordering::Release);
             Ok(Segment {
                 seg,
                 handle: pg_sys::dsm_segment_handle(seg),
@@ -753,7 +749,10 @@ pub fn work(handle: u32, k: usize) {
         Ok(()) => slot.state.store(DONE, Ordering::Release),
         // Another's failure, or the leader gave up: this share was rolled back; its state stays.
         Err((_, f)) if slot.state.load(Ordering::Acquire) == LOADED => {
-            pgrx::debug1!("pg_lakesync: load worker {k} rolled back its share: {}", f.1)
+            pgrx::debug1!(
+                "pg_lakesync: load worker {k} rolled back its share: {}",
+                f.1
+            )
         }
         Err((state, (code, message, detail, hint))) => {
             seg.write_error(k, code, &message, &detail, &hint);
@@ -886,7 +885,10 @@ fn create_stage(job: &Job) -> Result<pg_sys::Oid> {
     let run = |sql: &str| Spi::run(sql).map_err(|e| LakeError::Internal(format!("{sql}: {e}")));
     run("SET LOCAL search_path = pg_catalog, pg_temp")?;
     run("SET LOCAL default_tablespace = ''")?;
-    run(&format!("CREATE TABLE {table} ({}) USING heap", job.column_defs))?;
+    run(&format!(
+        "CREATE TABLE {table} ({}) USING heap",
+        job.column_defs
+    ))?;
     run(&format!(
         "COMMENT ON TABLE {table} IS {}",
         pgrx::spi::quote_literal(STAGE_COMMENT)
@@ -929,8 +931,7 @@ struct Prepared {
 fn prepare(job: &Job, k: usize) -> Result<Prepared> {
     Spi::run("SET LOCAL search_path = pg_catalog, pg_temp")
         .map_err(|e| LakeError::Internal(format!("cannot set search_path: {e}")))?;
-    let location =
-        crate::credentials::locate(&job.source, &job.owner, job.credential.as_deref())?;
+    let location = crate::credentials::locate(&job.source, &job.owner, job.credential.as_deref())?;
     let version = job.version;
     let source = crate::offload::run(move || crate::source::open(&location, Some(version)))?;
     let opts = crate::options::SyncOptions::parse(&job.options)?;
@@ -969,7 +970,9 @@ fn copy_share(job: &Job, k: usize, stage: pg_sys::Oid, p: Prepared) -> Result<(u
 fn clean_up(job: &Job, stage: pg_sys::Oid) {
     let leader = pg_sys::TransactionId::from_inner(job.leader_xid);
     // Never while the sync's transaction runs: a cancel or an error only interrupts the wait.
-    while in_transaction(true, || unsafe { pg_sys::TransactionIdIsInProgress(leader) }) {
+    while in_transaction(true, || unsafe {
+        pg_sys::TransactionIdIsInProgress(leader)
+    }) {
         let waited = in_transaction(false, || {
             caught(|| {
                 unsafe {
