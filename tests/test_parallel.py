@@ -146,37 +146,14 @@ def test_repeated_key_across_shares(db):
     assert wait_for(lambda: stages(db) == [], timeout=20)
 
 
-def test_cancel_stops_workers_and_cleans_up(db, cluster):
-    path = table_path()
-    files_table(path, 4, 150_000)
-    with psycopg.connect(db.info.dsn, autocommit=True) as leader:
-        pid = leader.info.backend_pid
-        failure = []
-
-        def load():
-            try:
-                leader.execute("SELECT create_synced_table('c', %s, ARRAY['id'], "
-                               "options => '{\"load_workers\": 2}')", (path,))
-            except psycopg.Error as e:
-                failure.append(e)
-
-        t = threading.Thread(target=load)
-        t.start()
-        assert wait_for(lambda: db.execute("SELECT count(*) FROM pg_stat_activity WHERE "
-                                    "backend_type = 'pg_lakesync load'").fetchone()[0] == 2,
-                 timeout=30)
-        time.sleep(0.3)
-        db.execute("SELECT pg_cancel_backend(%s)", (pid,))
-        t.join(60)
-        assert failure and failure[0].diag.sqlstate == "57014"
-    assert wait_for(lambda: db.execute("SELECT count(*) FROM pg_stat_activity WHERE "
-                                "backend_type = 'pg_lakesync load'").fetchone()[0] == 0,
-             timeout=30)
-    assert stages(db) == []
-    assert db.execute("SELECT to_regclass('c')").fetchone() == (None,)
+def load_workers_running(db):
+    return db.execute("SELECT count(*) FROM pg_stat_activity "
+                      "WHERE backend_type = 'pg_lakesync load'").fetchone()[0]
 
 
-def test_terminated_sync_stops_workers_and_cleans_up(db):
+def interrupted_load(db, table, interrupt):
+    """Starts a parallel load of `table`, calls interrupt(leader pid) while both workers load,
+    and returns the load's error; then no worker, stage or table is left."""
     path = table_path()
     files_table(path, 4, 150_000)
     leader = psycopg.connect(db.info.dsn, autocommit=True)
@@ -185,26 +162,33 @@ def test_terminated_sync_stops_workers_and_cleans_up(db):
 
     def load():
         try:
-            leader.execute("SELECT create_synced_table('k', %s, ARRAY['id'], "
+            leader.execute(f"SELECT create_synced_table('{table}', %s, ARRAY['id'], "
                            "options => '{\"load_workers\": 2}')", (path,))
         except psycopg.Error as e:
             failure.append(e)
 
     t = threading.Thread(target=load)
     t.start()
-    assert wait_for(lambda: db.execute("SELECT count(*) FROM pg_stat_activity WHERE "
-                                       "backend_type = 'pg_lakesync load'").fetchone()[0] == 2,
-                    timeout=30)
+    assert wait_for(lambda: load_workers_running(db) == 2, timeout=30)
     time.sleep(0.3)
-    db.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    interrupt(pid)
     t.join(60)
     leader.close()
-    assert failure
-    assert wait_for(lambda: db.execute("SELECT count(*) FROM pg_stat_activity WHERE "
-                                       "backend_type = 'pg_lakesync load'").fetchone()[0] == 0,
-                    timeout=30)
+    assert wait_for(lambda: load_workers_running(db) == 0, timeout=30)
     assert stages(db) == []
-    assert db.execute("SELECT to_regclass('k')").fetchone() == (None,)
+    assert db.execute("SELECT to_regclass(%s)", (table,)).fetchone() == (None,)
+    return failure[0] if failure else None
+
+
+def test_cancel_stops_workers_and_cleans_up(db):
+    e = interrupted_load(db, "c", lambda pid: db.execute("SELECT pg_cancel_backend(%s)", (pid,)))
+    assert e is not None and e.diag.sqlstate == "57014"
+
+
+def test_terminated_sync_stops_workers_and_cleans_up(db):
+    e = interrupted_load(db, "k",
+                         lambda pid: db.execute("SELECT pg_terminate_backend(%s)", (pid,)))
+    assert e is not None
 
 
 def test_orphaned_stage_is_dropped_by_the_next_load(db):

@@ -352,17 +352,7 @@ impl Workers<'_> {
                 let skipped = (0..done).map(|k| self.seg.slot(k).skipped.load(Ordering::Acquire));
                 return Ok(Some((rows.sum(), skipped.sum())));
             }
-            unsafe {
-                pg_sys::WaitLatch(
-                    pg_sys::MyLatch,
-                    (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH)
-                        as i32,
-                    POLL.as_millis() as std::ffi::c_long,
-                    pg_sys::PG_WAIT_EXTENSION,
-                );
-                pg_sys::ResetLatch(pg_sys::MyLatch);
-            }
-            pgrx::check_for_interrupts!();
+            nap();
         }
     }
 }
@@ -823,18 +813,9 @@ unsafe extern "C-unwind" fn leader_detached(seg: *mut pg_sys::dsm_segment, _arg:
     }
 }
 
-/// Sleeps briefly, staying responsive to a terminate.
+/// Sleeps briefly, staying responsive to a cancel or terminate.
 fn nap() {
-    unsafe {
-        pg_sys::WaitLatch(
-            pg_sys::MyLatch,
-            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-            POLL.as_millis() as std::ffi::c_long,
-            pg_sys::PG_WAIT_EXTENSION,
-        );
-        pg_sys::ResetLatch(pg_sys::MyLatch);
-    }
-    pgrx::check_for_interrupts!();
+    super::swap::sleep_interruptibly(POLL);
 }
 
 /// Runs `f` in a transaction of its own (with a snapshot if `snapshot`), committed at its end.

@@ -433,7 +433,7 @@ fn holders_wait_for_us(relid: pg_sys::Oid) -> Result<bool> {
 
 /// Sleeps on the process latch (so pg_stat_activity shows an Extension wait, and a cancel or
 /// terminate ends the sync at once).
-fn sleep_interruptibly(d: Duration) {
+pub(super) fn sleep_interruptibly(d: Duration) {
     unsafe {
         pg_sys::WaitLatch(
             pg_sys::MyLatch,

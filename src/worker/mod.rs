@@ -75,3 +75,34 @@ pub fn init() {
         crate::record::board::init();
     }
 }
+
+// Postgres' own SIGTERM handler of a backend (pgrx wraps `pg_sys::die` as a Rust function).
+unsafe extern "C-unwind" {
+    #[link_name = "die"]
+    fn postgres_die(signal: std::ffi::c_int);
+}
+
+/// How a worker that runs a sync's work starts: signals as in a backend, then connected to the
+/// database its `extra` names (`"<database oid> <n>"`) as the bootstrap superuser (it switches
+/// to the role it works for itself). Returns the `<n>`.
+///
+/// SIGTERM (a fast shutdown, pg_terminate_backend) sets the die flag, which the work's interrupt
+/// checks (every 50 ms while it waits for data) turn into an ERROR that rolls it back; SIGINT
+/// (pg_cancel_backend) cancels the same way. As the bootstrap superuser because on PG 15 a
+/// worker's connection runs the can-login check, which a NOLOGIN role (a group role) would fail.
+pub fn start_as_backend() -> u32 {
+    let extra = pgrx::bgworkers::BackgroundWorker::get_extra().to_string();
+    let mut parts = extra
+        .split_whitespace()
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (db, n) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    unsafe {
+        pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(postgres_die));
+        pg_sys::BackgroundWorkerUnblockSignals();
+    }
+    pgrx::bgworkers::BackgroundWorker::connect_worker_to_spi_by_oid(
+        Some(pg_sys::Oid::from(db)),
+        Some(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID)),
+    );
+    n
+}

@@ -5,33 +5,10 @@
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
 
-// Postgres' own SIGTERM handler of a backend (pgrx wraps `pg_sys::die` as a Rust function).
-unsafe extern "C-unwind" {
-    #[link_name = "die"]
-    fn postgres_die(signal: std::ffi::c_int);
-}
-
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn lakesync_sync_worker_main(_arg: pg_sys::Datum) {
-    // SIGTERM as in a backend (a fast shutdown, pg_terminate_backend): it sets the die flag,
-    // which the sync's interrupt checks (every 50 ms while it waits for data) turn into an
-    // ERROR that rolls the sync back. SIGINT (pg_cancel_backend) cancels the same way.
-    unsafe {
-        pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(postgres_die));
-        pg_sys::BackgroundWorkerUnblockSignals();
-    }
-    let extra = BackgroundWorker::get_extra().to_string();
-    let mut parts = extra
-        .split_whitespace()
-        .map(|p| p.parse::<u32>().unwrap_or(0));
-    let (db, relid) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    // As the bootstrap superuser, then the table's owner: on PG 15 a worker's connection runs
-    // the can-login check, which a NOLOGIN owner (a group role) would fail.
-    BackgroundWorker::connect_worker_to_spi_by_oid(
-        Some(pg_sys::Oid::from(db)),
-        Some(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID)),
-    );
+    let relid = super::start_as_backend();
     let job = BackgroundWorker::transaction(|| {
         Spi::run("SET search_path = pg_catalog, pg_temp").ok();
         crate::sync::worker_job(pg_sys::Oid::from(relid)).unwrap_or_else(|e| {
