@@ -253,6 +253,15 @@ fn read_files(
             found = meta?.visit_scan_files(found, collect)?;
         }
     }
+    // A share of a parallel load names every file it must read: one missing is lost rows.
+    if tag.is_none() && found.1.len() != found.0.len() {
+        return Err(delta_kernel::Error::generic(format!(
+            "{} of the {} data files to read are not in version {} of the table",
+            found.0.len() - found.1.len(),
+            found.0.len(),
+            snapshot.version()
+        )));
+    }
     let width = super::stored_row_width(
         found
             .1
