@@ -86,9 +86,14 @@ def test_sigkill_during_sync_leaves_old_state_and_next_sync_continues(own_cluste
     t = threading.Thread(target=run)
     t.start()
     assert wait_for(lambda: paused(own_cluster, pid, point), timeout=30)
+    ready = "database system is ready to accept connections"
+    restarts = own_cluster.log().count(ready)
     os.kill(pid, signal.SIGKILL)
     t.join(60)
     assert "error" in outcome, outcome
+    # The postmaster restarts every backend after a crash: a connection made before it noticed
+    # would be closed under the next query.
+    assert wait_for(lambda: own_cluster.log().count(ready) > restarts, timeout=60)
 
     db = connect(own_cluster, crash_db)
     assert pg_table(db) == delta_rows(path, version=0)
