@@ -5,7 +5,8 @@
 #                               worker's W3 lag (300 commits) and W5 idle cost, and W6 (1 M rows
 #                               from the S3 emulator vs local disk vs DIY), W7 (re-sync and
 #                               full_refresh vs first load, readers raced), W4b (memory by Parquet
-#                               layout, one 1 GiB file included) and W1c (60-column table)
+#                               layout, one 1 GiB file included), W1c (60-column table) and W1p
+#                               (a first load shared among 2 workers vs one backend)
 #   bash bench/run.sh --quick   the same at 1 M rows (a few minutes)
 #   add --perf                  one run of each path under perf (CPU and page-fault profiles,
 #                               target/bench/<time>-perf/); timings from profiled runs are skewed
@@ -38,6 +39,7 @@ out="target/bench/$stamp.md"
   python3 bench/worker_bench.py --commits "$commits" --big-rows "${rows##*,}"
   python3 bench/store_bench.py --rows 1000000 --runs "$runs"
   python3 bench/resync_bench.py --rows "${rows##*,}" --runs "$runs"
+  python3 bench/parallel_bench.py --rows "${rows##*,}" --runs "$runs"
   python3 bench/layout_memory.py $layout
   python3 bench/wide_bench.py --rows 200000 --runs "$runs" "${perf[@]}"
 } 2>&1 | tee "$out"
