@@ -55,6 +55,8 @@ const DONE: u32 = 1;
 const FAILED: u32 = 2;
 const LOADED: u32 = 3;
 const UNFIT: u32 = 4;
+/// Loaded, then rolled back (another failed, the leader left, or it was cancelled itself).
+const ROLLED_BACK: u32 = 5;
 
 #[repr(C)]
 struct Header {
@@ -314,37 +316,46 @@ impl Workers<'_> {
     fn wait(&mut self) -> Result<Option<(u64, u64)>> {
         let header = self.seg.header();
         loop {
+            // Every slot's word first, so that a failure is told as it happened, not as the
+            // exit of a worker that rolled back because of it.
+            let states: Vec<u32> = (0..self.handles.len())
+                .map(|k| self.seg.slot(k).state.load(Ordering::Acquire))
+                .collect();
+            if let Some(k) = states.iter().position(|&st| st == FAILED) {
+                self.seg.raise(k);
+            }
+            if let Some(k) = states.iter().position(|&st| st == UNFIT) {
+                // What the workers cannot see (a credential or grant of this transaction, say),
+                // the leader can: it loads by itself.
+                let (_, message, _, _) = self.seg.error(k);
+                pgrx::notice!("pg_lakesync: loading with one backend: load worker {k} cannot read the source: {message}");
+                header.abandoned.store(1, Ordering::SeqCst);
+                return Ok(None);
+            }
             if header.stage_state.load(Ordering::Acquire) == STAGE_FAILED {
                 let (_, message, _, _) = self.seg.error(0);
                 pgrx::notice!("pg_lakesync: loading with one backend: the parallel load's stage table cannot be created: {message}");
                 return Ok(None);
             }
-            let mut done = 0;
+            if let Some(k) = states.iter().position(|&st| st == ROLLED_BACK) {
+                return Err(LakeError::Internal(format!(
+                    "load worker {k} of the parallel load rolled its share back (was it cancelled? see the server log)"
+                )));
+            }
+            let done = states.iter().filter(|&&st| st == DONE).count();
             for (k, w) in self.handles.iter().enumerate() {
-                let slot = self.seg.slot(k);
-                match slot.state.load(Ordering::Acquire) {
-                    DONE => done += 1,
-                    FAILED => self.seg.raise(k),
-                    UNFIT => {
-                        // What the workers cannot see (a credential or grant of this
-                        // transaction, say), the leader can: it loads by itself.
-                        let (_, message, _, _) = self.seg.error(k);
-                        pgrx::notice!("pg_lakesync: loading with one backend: load worker {k} cannot read the source: {message}");
-                        header.abandoned.store(1, Ordering::Release);
-                        return Ok(None);
-                    }
-                    _ => {
-                        let gone = matches!(
-                            w.pid(),
-                            Err(pgrx::bgworkers::BackgroundWorkerStatus::Stopped)
-                        );
-                        // Its last word may have come just before it exited.
-                        if gone && matches!(slot.state.load(Ordering::Acquire), RUNNING | LOADED) {
-                            return Err(LakeError::Internal(format!(
-                                "load worker {k} of the parallel load ended without finishing its share (see the server log)"
-                            )));
-                        }
-                    }
+                let gone = matches!(
+                    w.pid(),
+                    Err(pgrx::bgworkers::BackgroundWorkerStatus::Stopped)
+                );
+                // Its last word may have come just before it exited: looked at again next poll.
+                if gone
+                    && matches!(states[k], RUNNING | LOADED)
+                    && self.seg.slot(k).state.load(Ordering::Acquire) == states[k]
+                {
+                    return Err(LakeError::Internal(format!(
+                        "load worker {k} of the parallel load ended without finishing its share (see the server log)"
+                    )));
                 }
             }
             if done == self.handles.len() {
@@ -379,9 +390,9 @@ fn take_stage(
            WHEN EXISTS (SELECT 1 FROM pg_catalog.aclexplode(s.relacl) a WHERE a.grantee OPERATOR(pg_catalog.<>) s.relowner) \
              OR EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) s.oid AND a.attacl IS NOT NULL) \
              THEN 'it was granted to another role' \
-           WHEN EXISTS (SELECT a.attnum, a.attname, a.atttypid, a.atttypmod, a.attcollation, a.attisdropped \
+           WHEN EXISTS (SELECT a.attnum, a.attname, a.atttypid, a.atttypmod, a.attcollation, a.attisdropped, a.attnotnull \
                           FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) s.oid AND a.attnum OPERATOR(pg_catalog.>) 0 \
-                        EXCEPT SELECT a.attnum, a.attname, a.atttypid, a.atttypmod, a.attcollation, a.attisdropped \
+                        EXCEPT SELECT a.attnum, a.attname, a.atttypid, a.atttypmod, a.attcollation, a.attisdropped, a.attnotnull \
                           FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) t.oid AND a.attnum OPERATOR(pg_catalog.>) 0) \
              OR (SELECT pg_catalog.count(*) FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) s.oid AND a.attnum OPERATOR(pg_catalog.>) 0) \
                 OPERATOR(pg_catalog.<>) (SELECT pg_catalog.count(*) FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) t.oid AND a.attnum OPERATOR(pg_catalog.>) 0) \
@@ -678,7 +689,13 @@ pub fn work(handle: u32, k: usize) {
     };
     seg.slot(k)
         .pid
-        .store(unsafe { pg_sys::MyProcPid }, Ordering::Release);
+        .store(unsafe { pg_sys::MyProcPid }, Ordering::SeqCst);
+    // However this worker ends, no signal meant for it may reach a later owner of its pid.
+    let _pid = ClearPid(seg.slot(k));
+    // SeqCst with `leader_detached`: either it sees this pid, or this sees its flag.
+    if header.abandoned.load(Ordering::SeqCst) != 0 {
+        return;
+    }
     // No timeout of the server's or the database's may end a wait the leader counts on.
     in_transaction(false, || {
         for setting in [
@@ -719,6 +736,12 @@ pub fn work(handle: u32, k: usize) {
     }
     let stage = pg_sys::Oid::from(header.stage.load(Ordering::Relaxed));
     let slot = seg.slot(k);
+    if header.abandoned.load(Ordering::SeqCst) != 0 {
+        if k == 0 {
+            clean_up(&job, stage);
+        }
+        return;
+    }
     let outcome = in_transaction(true, || {
         let prepared = match caught(|| prepare(&job, k)) {
             Ok(p) => p,
@@ -737,12 +760,13 @@ pub fn work(handle: u32, k: usize) {
     });
     match outcome {
         Ok(()) => slot.state.store(DONE, Ordering::Release),
-        // Another's failure, or the leader gave up: this share was rolled back; its state stays.
+        // Another's failure, or the leader gave up: this share was rolled back.
         Err((_, f)) if slot.state.load(Ordering::Acquire) == LOADED => {
             pgrx::debug1!(
                 "pg_lakesync: load worker {k} rolled back its share: {}",
                 f.1
-            )
+            );
+            slot.state.store(ROLLED_BACK, Ordering::Release);
         }
         Err((state, (code, message, detail, hint))) => {
             seg.write_error(k, code, &message, &detail, &hint);
@@ -769,6 +793,9 @@ fn wait_until(header: &Header, ready: impl Fn() -> bool) -> bool {
 
 /// Waits until every worker has loaded its share; an error when one failed or the leader left.
 fn all_loaded(seg: &Segment) -> Result<()> {
+    // Once loaded, only the leader's word (or a terminate) ends the wait, not a cancel: a
+    // share rolled back after the others committed would be a load that never finishes.
+    let _holdoff = HoldCancel::new();
     let header = seg.header();
     let n = header.workers.load(Ordering::Acquire) as usize;
     loop {
@@ -776,7 +803,7 @@ fn all_loaded(seg: &Segment) -> Result<()> {
         for k in 0..n {
             match seg.slot(k).state.load(Ordering::Acquire) {
                 LOADED | DONE => loaded += 1,
-                FAILED | UNFIT => {
+                FAILED | UNFIT | ROLLED_BACK => {
                     return Err(LakeError::Internal(format!(
                         "load worker {k} of the parallel load failed"
                     )))
@@ -785,14 +812,38 @@ fn all_loaded(seg: &Segment) -> Result<()> {
             }
         }
         if loaded == n {
+            // A cancel held off meanwhile must not strike between here and the commit.
+            unsafe { pg_sys::QueryCancelPending = 0 };
             return Ok(());
         }
-        if header.abandoned.load(Ordering::Acquire) != 0 {
+        if header.abandoned.load(Ordering::SeqCst) != 0 {
             return Err(LakeError::Internal(
                 "the sync of the parallel load ended".into(),
             ));
         }
         nap();
+    }
+}
+
+/// Holds off query cancels while it lives (as HOLD_CANCEL_INTERRUPTS does).
+struct HoldCancel;
+impl HoldCancel {
+    fn new() -> Self {
+        unsafe { pg_sys::QueryCancelHoldoffCount += 1 };
+        HoldCancel
+    }
+}
+impl Drop for HoldCancel {
+    fn drop(&mut self) {
+        unsafe { pg_sys::QueryCancelHoldoffCount -= 1 };
+    }
+}
+
+/// Clears a worker's pid in its slot when the worker is done.
+struct ClearPid<'a>(&'a Slot);
+impl Drop for ClearPid<'_> {
+    fn drop(&mut self) {
+        self.0.pid.store(0, Ordering::SeqCst);
     }
 }
 
@@ -804,9 +855,9 @@ unsafe extern "C-unwind" fn leader_detached(seg: *mut pg_sys::dsm_segment, _arg:
     if header.finished.load(Ordering::Acquire) != 0 {
         return;
     }
-    header.abandoned.store(1, Ordering::Release);
+    header.abandoned.store(1, Ordering::SeqCst);
     for slot in &header.slots {
-        let pid = slot.pid.load(Ordering::Acquire);
+        let pid = slot.pid.load(Ordering::SeqCst);
         if pid > 0 && slot.state.load(Ordering::Acquire) == RUNNING {
             libc::kill(pid, libc::SIGINT);
         }

@@ -257,7 +257,7 @@ fn read_files(
     if tag.is_none() && found.1.len() != found.0.len() {
         return Err(delta_kernel::Error::generic(format!(
             "{} of the {} data files to read are not in version {} of the table",
-            found.0.len() - found.1.len(),
+            found.0.len().abs_diff(found.1.len()),
             found.0.len(),
             snapshot.version()
         )));

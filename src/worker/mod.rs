@@ -86,9 +86,10 @@ unsafe extern "C-unwind" {
 /// database its `extra` names (`"<database oid> <n>"`) as the bootstrap superuser (it switches
 /// to the role it works for itself). Returns the `<n>`.
 ///
-/// SIGTERM (a fast shutdown, pg_terminate_backend) sets the die flag, which the work's interrupt
-/// checks (every 50 ms while it waits for data) turn into an ERROR that rolls it back; SIGINT
-/// (pg_cancel_backend) cancels the same way. As the bootstrap superuser because on PG 15 a
+/// SIGTERM (a fast shutdown, pg_terminate_backend) sets the die flag, which the work's next
+/// interrupt check (every 50 ms while it waits for data) turns into an exit that rolls its
+/// transaction back — not mid-write, as the postmaster's default handler for workers would;
+/// SIGINT (pg_cancel_backend) raises an ERROR there instead. As the bootstrap superuser because on PG 15 a
 /// worker's connection runs the can-login check, which a NOLOGIN role (a group role) would fail.
 pub fn start_as_backend() -> u32 {
     let extra = pgrx::bgworkers::BackgroundWorker::get_extra().to_string();
