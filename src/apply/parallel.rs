@@ -499,17 +499,7 @@ unsafe fn drop_relation(oid: pg_sys::Oid, wait: bool) -> bool {
         return false;
     }
     pg_sys::ReleaseSysCache(tuple);
-    let object = pg_sys::ObjectAddress {
-        classId: pg_sys::RelationRelationId,
-        objectId: oid,
-        objectSubId: 0,
-    };
-    pg_sys::performDeletion(
-        &object,
-        pg_sys::DropBehavior::DROP_RESTRICT,
-        pg_sys::PERFORM_DELETION_INTERNAL as i32,
-    );
-    pg_sys::CommandCounterIncrement();
+    super::swap::drop_internally(oid);
     true
 }
 

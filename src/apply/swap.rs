@@ -193,9 +193,20 @@ pub(super) unsafe fn take_over(
     // The shadow now holds the old files (and, by the swapped links, the old TOAST table):
     // dropping it removes them at commit.
     let old_toast = toast_of(shadow);
+    drop_internally(shadow);
+    // The new TOAST table takes the conventional name pg_toast_<table oid>, freed above.
+    let new_toast = toast_of(relid);
+    if new_toast != pg_sys::InvalidOid && old_toast != pg_sys::InvalidOid {
+        rename_toast(relid, new_toast);
+    }
+}
+
+/// Drops the relation `oid` as the system's own work (no event trigger sees it; RESTRICT: a
+/// dependent object of someone else's stops it), visible to the next command.
+pub(super) unsafe fn drop_internally(oid: pg_sys::Oid) {
     let object = pg_sys::ObjectAddress {
         classId: pg_sys::RelationRelationId,
-        objectId: shadow,
+        objectId: oid,
         objectSubId: 0,
     };
     pg_sys::performDeletion(
@@ -204,11 +215,6 @@ pub(super) unsafe fn take_over(
         pg_sys::PERFORM_DELETION_INTERNAL as i32,
     );
     pg_sys::CommandCounterIncrement();
-    // The new TOAST table takes the conventional name pg_toast_<table oid>, freed above.
-    let new_toast = toast_of(relid);
-    if new_toast != pg_sys::InvalidOid && old_toast != pg_sys::InvalidOid {
-        rename_toast(relid, new_toast);
-    }
 }
 
 /// A new, empty heap like the target's (same columns, dropped ones too, same tablespace,
