@@ -442,8 +442,8 @@ fn drop_orphans(schema: &str) -> Result<()> {
                           AND pg_catalog.obj_description(c.oid, 'pg_class') OPERATOR(pg_catalog.=) $3 \
                           AND pg_catalog.substr(c.relname, $4)::pg_catalog.numeric \
                               OPERATOR(pg_catalog.<) pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::pg_catalog.text::pg_catalog.numeric \
-                   THEN pg_catalog.pg_xact_status(pg_catalog.substr(c.relname, $4)::pg_catalog.xid8) \
-                        IS DISTINCT FROM 'in progress' \
+                   THEN COALESCE(pg_catalog.pg_xact_status(pg_catalog.substr(c.relname, $4)::pg_catalog.xid8) \
+                        OPERATOR(pg_catalog.<>) 'in progress', true) \
                    ELSE false END",
             None,
             &[
