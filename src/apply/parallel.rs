@@ -230,16 +230,14 @@ pub fn load(
     }
     job.shares = shares(files, started.len());
     seg.publish(&job)?;
-    let mut workers = Workers {
+    let workers = Workers {
         seg: &seg,
         handles: started,
-        finished: false,
     };
     let outcome = workers.wait()?;
     let Some((rows, skipped)) = outcome else {
         return Ok(None);
     };
-    workers.finished = true;
     seg.header().finished.store(1, Ordering::Release);
     let loaded = clock.elapsed();
     let stage_oid = pg_sys::Oid::from(seg.header().stage.load(Ordering::Acquire));
@@ -291,17 +289,16 @@ fn launch(handle: u32, k: usize) -> Option<DynamicBackgroundWorker> {
         .ok()
 }
 
-/// The leader's workers: cancelled (SIGINT, so worker 0 still cleans up) if the leader leaves
-/// before they finished — an ERROR, a cancel.
+/// The leader's workers: told the load is abandoned if the leader leaves before it took the
+/// stage over (an ERROR, a cancel); `leader_detached` cancels those still loading.
 struct Workers<'a> {
     seg: &'a Segment,
     handles: Vec<DynamicBackgroundWorker>,
-    finished: bool,
 }
 
 impl Drop for Workers<'_> {
     fn drop(&mut self) {
-        if self.finished {
+        if self.seg.header().finished.load(Ordering::Acquire) != 0 {
             return;
         }
         // Those waiting see it; those loading are cancelled when the segment is detached
@@ -313,7 +310,7 @@ impl Drop for Workers<'_> {
 impl Workers<'_> {
     /// Waits until every worker loaded its share: the rows and NULL-key rows skipped, or None
     /// when the stage could not be made (nothing was loaded; the leader loads alone).
-    fn wait(&mut self) -> Result<Option<(u64, u64)>> {
+    fn wait(&self) -> Result<Option<(u64, u64)>> {
         let header = self.seg.header();
         loop {
             // Every slot's word first, so that a failure is told as it happened, not as the

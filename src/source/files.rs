@@ -211,20 +211,14 @@ pub fn start_files(
     )
 }
 
-/// The data files of the source's snapshot: path and size in bytes, in the log's order.
+/// The data files of the source's snapshot: path and size in bytes.
 pub fn list(source: &DeltaSource) -> Result<Vec<(String, i64)>> {
     let _guard = runtime().enter();
-    let listed = (|| {
-        let scan = source.snapshot.clone().scan_builder().build()?;
-        let mut out = Vec::new();
-        for meta in scan.scan_metadata(source.engine.as_ref())? {
-            out = meta?.visit_scan_files(out, |out: &mut Vec<(String, i64)>, f: ScanFile| {
-                out.push((f.path, f.size))
-            })?;
-        }
-        DeltaResult::Ok(out)
-    })();
-    listed.map_err(|e| classify(&source.location, e))
+    let files = file_states(source, &source.snapshot).map_err(|e| classify(&source.location, e))?;
+    Ok(files
+        .into_iter()
+        .map(|(path, (_, size))| (path, size as i64))
+        .collect())
 }
 
 /// Reads `names` from exactly the files `paths` of `snapshot` (with the deletion vectors they
